@@ -1,0 +1,324 @@
+"""Settings: read once at start-up from the environment and a `.env` file, validated, typed.
+
+The environment wins over `.env`. Every problem stops start-up with one line naming the
+variable, the bad value (never for secrets) and what is accepted; the NATS rules and messages
+follow the original Krenalis (reference section 7.1). Nothing else in the package reads
+`os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import nkeys
+from dotenv import dotenv_values
+
+__all__ = ["ConfigError", "Secret", "Settings", "load_settings", "parse_duration"]
+
+MIN_ACK_WAIT = 1.0
+DEFAULT_ACK_WAIT = 30.0
+URL_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the variable and what is accepted."""
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a Krenalis process. Build it with `load_settings()`."""
+
+    #: NATS server URLs; empty means "start the embedded nats-server".
+    nats_urls: tuple[str, ...] = ()
+    nats_nkey: Secret | None = None
+    nats_token: Secret | None = None
+    nats_user: str = ""
+    nats_password: Secret | None = None
+    nats_creds: Path | None = None
+    nats_replicas: int = 1
+    nats_storage: str = "file"
+    nats_compression: str = "none"
+    nats_ack_wait: float = DEFAULT_ACK_WAIT
+    nats_duplicate_window: float = 120.0
+    data_dir: Path = Path("data")
+    workspace_path: Path = Path("krenalis.yaml")
+    http_host: str = "127.0.0.1"
+    http_port: int = 2022
+    http_workers: int = 1
+    metrics_enabled: bool = False
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def embedded_nats(self) -> bool:
+        return not self.nats_urls
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> Settings:
+    """Read the settings; raise ConfigError for the first bad value."""
+    env = _merged_env(environ, env_file)
+    storage = _storage(env)
+    return Settings(
+        nats_urls=_nats_urls(env.get("KRENALIS_NATS_URL", "")),
+        nats_nkey=_nkey(env.get("KRENALIS_NATS_NKEY", "")),
+        nats_token=_secret(env.get("KRENALIS_NATS_TOKEN", "")),
+        nats_user=env.get("KRENALIS_NATS_USER", ""),
+        nats_password=_password(env),
+        nats_creds=_creds(env.get("KRENALIS_NATS_CREDS", ""), env),
+        nats_replicas=_replicas(env.get("KRENALIS_NATS_REPLICAS", "")),
+        nats_storage=storage,
+        nats_compression=_compression(env.get("KRENALIS_NATS_COMPRESSION", ""), storage),
+        nats_ack_wait=_ack_wait(env.get("KRENALIS_NATS_ACK_WAIT", "")),
+        nats_duplicate_window=_dup_window(env.get("KRENALIS_NATS_DUPLICATE_WINDOW", "")),
+        data_dir=Path(env.get("KRENALIS_DATA_DIR", "") or "data"),
+        workspace_path=Path(env.get("KRENALIS_WORKSPACE", "") or "krenalis.yaml"),
+        http_host=env.get("KRENALIS_HTTP_HOST", "") or "127.0.0.1",
+        http_port=_port(env.get("KRENALIS_HTTP_PORT", "")),
+        http_workers=_int_range(env, "KRENALIS_HTTP_WORKERS", 1, 1, 64),
+        metrics_enabled=_bool(env, "KRENALIS_PROMETHEUS_METRICS_ENABLED"),
+        log_level=_log_level(env.get("KRENALIS_LOG_LEVEL", "")),
+        extra={k: v for k, v in env.items() if k.startswith("KRENALIS_")},
+    )
+
+
+def _merged_env(environ: Mapping[str, str] | None, env_file: str | Path | None) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    if env_file is not None:
+        path = Path(env_file)
+        if path.exists():
+            try:
+                values = dotenv_values(path)
+            except OSError as exc:
+                raise ConfigError(f'cannot read the "{path.resolve()}" file: {exc}') from exc
+            merged.update({k: v for k, v in values.items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def _nats_urls(raw: str) -> tuple[str, ...]:
+    if not raw.strip():
+        return ()
+    urls = []
+    for item in (part.strip() for part in raw.split(",")):
+        if item:
+            urls.append(_nats_url(item))
+    if not urls:
+        raise ConfigError("KRENALIS_NATS_URL does not contain URLs")
+    ws = {urlsplit(u).scheme in ("ws", "wss") for u in urls if "://" in u}
+    if len(ws) > 1:
+        raise ConfigError("KRENALIS_NATS_URL contains both websocket and non-websocket URLs")
+    return tuple(urls)
+
+
+def _nats_url(item: str) -> str:
+    candidate = item if "://" in item else "nats://" + item
+    try:
+        parts = urlsplit(candidate)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f'KRENALIS_NATS_URL contains an invalid URL: "{item}"') from None
+    if "://" in item and parts.scheme not in URL_SCHEMES:
+        raise ConfigError(
+            f"KRENALIS_NATS_URL scheme {parts.scheme} is not allowed. "
+            "Allowed schemes are nats, tls, ws, and wss"
+        )
+    if not parts.hostname:
+        raise ConfigError(f'KRENALIS_NATS_URL contains an invalid URL: "{item}"')
+    return item
+
+
+def _nkey(raw: str) -> Secret | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        pair = nkeys.from_seed(bytearray(raw.encode()))
+        public = pair.public_key.decode()
+    except Exception:  # nkeys raises several error types for malformed seeds
+        raise ConfigError(
+            "KRENALIS_NATS_NKEY value is not a user NKey (expected a seed starting with SU)"
+        ) from None
+    if not raw.startswith("SU") or not public.startswith("U"):
+        raise ConfigError(
+            "KRENALIS_NATS_NKEY value is not a user NKey (expected a seed starting with SU)"
+        )
+    return Secret(raw)
+
+
+def _secret(raw: str) -> Secret | None:
+    return Secret(raw) if raw else None
+
+
+def _password(env: Mapping[str, str]) -> Secret | None:
+    password = env.get("KRENALIS_NATS_PASSWORD", "")
+    if password and not env.get("KRENALIS_NATS_USER", ""):
+        raise ConfigError("KRENALIS_NATS_USER must be set if KRENALIS_NATS_PASSWORD is provided")
+    return _secret(password)
+
+
+def _creds(raw: str, env: Mapping[str, str]) -> Path | None:
+    if not raw:
+        return None
+    if env.get("KRENALIS_NATS_NKEY", ""):
+        raise ConfigError(
+            "KRENALIS_NATS_CREDS cannot be combined with KRENALIS_NATS_NKEY: "
+            "a .creds file already holds the NKey seed; set only one of them"
+        )
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigError(f'KRENALIS_NATS_CREDS points to a non-existent file: "{raw}"')
+    return path
+
+
+def _replicas(raw: str) -> int:
+    if raw == "":
+        return 1
+    if raw not in ("1", "2", "3", "4", "5"):
+        raise ConfigError(
+            f'KRENALIS_NATS_REPLICAS value "{raw}" is not supported; expected 1, 2, 3, 4, or 5'
+        )
+    return int(raw)
+
+
+def _storage(env: Mapping[str, str]) -> str:
+    raw = env.get("KRENALIS_NATS_STORAGE", "")
+    value = raw.lower() or "file"
+    if value not in ("file", "memory"):
+        raise ConfigError(
+            f'KRENALIS_NATS_STORAGE value "{raw}" is not supported; expected file or memory'
+        )
+    return value
+
+
+def _compression(raw: str, storage: str) -> str:
+    if raw == "":
+        return "none"
+    if raw.lower() != "s2":
+        raise ConfigError(f'KRENALIS_NATS_COMPRESSION value "{raw}" is not supported; expected s2')
+    if storage != "file":
+        raise ConfigError("KRENALIS_NATS_COMPRESSION can be set only when using file storage")
+    return "s2"
+
+
+def _ack_wait(raw: str) -> float:
+    if raw == "":
+        return DEFAULT_ACK_WAIT
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid duration value specified for KRENALIS_NATS_ACK_WAIT: {exc}"
+        ) from None
+    if seconds < MIN_ACK_WAIT:
+        raise ConfigError("KRENALIS_NATS_ACK_WAIT must be at least 1s")
+    return seconds
+
+
+def _dup_window(raw: str) -> float:
+    if raw == "":
+        return 120.0
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid duration value specified for KRENALIS_NATS_DUPLICATE_WINDOW: {exc}"
+        ) from None
+    if seconds < 0.1:
+        raise ConfigError("KRENALIS_NATS_DUPLICATE_WINDOW must be at least 100ms")
+    return seconds
+
+
+def _port(raw: str) -> int:
+    if raw == "":
+        return 2022
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ConfigError(f'KRENALIS_HTTP_PORT must be a valid port (1-65535), got "{raw}"')
+    return int(raw)
+
+
+def _int_range(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f'{name} must be an integer, got "{raw}"') from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "")
+    if raw not in ("", "true", "false"):
+        raise ConfigError(
+            f'{name} must be a boolean: value "{raw}" is not a valid boolean value '
+            "(expected true, false or empty string)"
+        )
+    return raw == "true"
+
+
+def _log_level(raw: str) -> str:
+    value = raw.upper() or "INFO"
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(
+            f'KRENALIS_LOG_LEVEL value "{raw}" is not supported; expected debug, info, warning or error'
+        )
+    return value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}  # fmt: skip
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go duration ("30s", "2m30s", "1.5h", "999ms", "0") into seconds."""
+    raw = text
+    sign = 1.0
+    if text[:1] in "+-" and text:
+        sign, text = (-1.0 if text[0] == "-" else 1.0), text[1:]
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
+            raise ValueError(f'time: invalid duration "{raw}"')
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text:
+        raise ValueError(f'time: invalid duration "{raw}"')
+    return sign * total

@@ -1,0 +1,73 @@
+"""What every Krenalis process does first: the embedded servers when needed, NATS, the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import replace
+
+from krenalis.config import Settings
+from krenalis.stream.connection import NatsConnection
+from krenalis.stream.embedded import EmbeddedNats
+from krenalis.stream.layout import ensure_streams
+
+__all__ = ["StreamRuntime", "wait_for_signal"]
+
+log = logging.getLogger("krenalis")
+
+
+class StreamRuntime:
+    """The NATS side of a process: the bundled server if no URL is set, the connection, EVENTS."""
+
+    def __init__(self, settings: Settings, *, name: str = "krenalis") -> None:
+        self.settings = settings
+        self.name = name
+        self.embedded: EmbeddedNats | None = None
+        self.conn: NatsConnection | None = None
+
+    async def start(self, connect_timeout: float | None = None) -> NatsConnection:
+        if self.settings.embedded_nats:
+            self.embedded = EmbeddedNats(self.settings.data_dir / "nats", port=_saved_port(self))
+            await asyncio.to_thread(self.embedded.start)
+            (self.settings.data_dir / "nats" / "port").write_text(str(self.embedded.port))
+            self.settings = replace(self.settings, nats_urls=(self.embedded.url,))
+        self.conn = NatsConnection(self.settings, name=self.name)
+        log.info("Connecting to NATS.", extra={"servers": self.conn.servers})
+        await self.conn.connect(timeout=connect_timeout)
+        await ensure_streams(self.conn.js, self.settings)
+        self.conn.set_stream_ready()
+        return self.conn
+
+    async def stop(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+def _saved_port(runtime: StreamRuntime) -> int | None:
+    """Reuse the embedded server's previous port so a restart keeps the same URL."""
+    path = runtime.settings.data_dir / "nats" / "port"
+    with contextlib.suppress(OSError, ValueError):
+        port = int(path.read_text())
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+        return port
+    return None
+
+
+async def wait_for_signal() -> int:
+    """Block until SIGINT or SIGTERM; return the signal number."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s))
+    try:
+        return await received
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

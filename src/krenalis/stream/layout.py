@@ -1,0 +1,200 @@
+"""The JetStream layout, compatible with the original Krenalis.
+
+- Stream `EVENTS`, subjects `events.v1.>`, WorkQueue retention: a message leaves the stream once
+  its pipeline's consumer acks it, which is what "removed only after processing is complete" means.
+- One subject and one durable pull consumer per pipeline and shard:
+  `events.v1.<pipeline>.<shard>` consumed by `EVENTS_<pipeline>_<shard>`. WorkQueue streams refuse
+  overlapping consumer filters, so there is exactly one consumer per subject.
+- Dead letters live in their own stream, `EVENTS_DLQ` (subjects `dlq.v1.>`, limits retention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StoreCompression,
+    StreamConfig,
+)
+from nats.js.errors import APIError, NotFoundError
+
+from krenalis.config import Settings
+from krenalis.stream.backoff import Backoff
+
+__all__ = [
+    "DLQ_STREAM",
+    "STREAM",
+    "consumer_name",
+    "dlq_stream_config",
+    "ensure_consumer",
+    "ensure_stream",
+    "ensure_streams",
+    "list_pipeline_consumers",
+    "remove_pipeline",
+    "stream_config",
+    "subject",
+]
+
+log = logging.getLogger("krenalis.stream")
+
+STREAM = "EVENTS"
+SUBJECT_PREFIX = "events.v1"
+DLQ_STREAM = "EVENTS_DLQ"
+DLQ_PREFIX = "dlq.v1"
+#: Dead letters are kept this long (Jitsu keeps 7 days; we keep 30).
+DLQ_MAX_AGE = 30 * 24 * 3600.0
+#: Messages one consumer may have delivered and not yet acked (a worker's in-memory window).
+MAX_ACK_PENDING = 20_000
+
+
+def subject(pipeline: str, shard: int = 0) -> str:
+    return f"{SUBJECT_PREFIX}.{pipeline}.{shard}"
+
+
+def consumer_name(pipeline: str, shard: int = 0) -> str:
+    return f"{STREAM}_{pipeline}_{shard}"
+
+
+def dlq_subject(pipeline: str) -> str:
+    return f"{DLQ_PREFIX}.{pipeline}"
+
+
+def stream_config(settings: Settings) -> StreamConfig:
+    compression = StoreCompression.S2 if settings.nats_compression == "s2" else None
+    return StreamConfig(
+        name=STREAM,
+        subjects=[f"{SUBJECT_PREFIX}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.MEMORY if settings.nats_storage == "memory" else StorageType.FILE,
+        num_replicas=settings.nats_replicas,
+        compression=compression,
+        duplicate_window=settings.nats_duplicate_window,
+    )
+
+
+def dlq_stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=DLQ_STREAM,
+        subjects=[f"{DLQ_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.MEMORY if settings.nats_storage == "memory" else StorageType.FILE,
+        num_replicas=settings.nats_replicas,
+        max_age=DLQ_MAX_AGE,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update EVENTS and EVENTS_DLQ, waiting as long as JetStream is unavailable."""
+    await ensure_stream(js, stream_config(settings))
+    await ensure_stream(js, dlq_stream_config(settings))
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Update the stream, or create it when missing; retry with backoff, log each new reason once."""
+    backoff = Backoff(base=0.05, cap=10.0)
+    last_reason = ""
+    while True:
+        await backoff.wait()
+        try:
+            created = await _update_or_create(js, config)
+        except (APIError, TimeoutError, ConnectionError) as exc:
+            reason = _unavailable_reason(exc)
+            if reason != last_reason:
+                log.warning(
+                    "Cannot create or update the %s stream; retrying.",
+                    config.name,
+                    extra={"reason": reason},
+                )
+                last_reason = reason
+            continue
+        if last_reason:
+            log.info("JetStream became available.")
+        if created:
+            log.info("%s stream has been created.", config.name)
+        return
+
+
+async def _update_or_create(js: JetStreamContext, config: StreamConfig) -> bool:
+    try:
+        await js.update_stream(config)
+        return False
+    except NotFoundError:
+        await js.add_stream(config)
+        return True
+
+
+def _unavailable_reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if "no responders" in text.lower() or "NoRespondersError" in text:
+        return "JetStream not enabled; waiting for availability"
+    if "not enabled for account" in text.lower():
+        return "JetStream not enabled for this account; waiting for availability"
+    return text
+
+
+async def ensure_consumer(
+    js: JetStreamContext, pipeline: str, shard: int, ack_wait: float
+) -> None:
+    """Create the pipeline shard's durable consumer, or update its settings (idempotent)."""
+    await js.add_consumer(
+        STREAM,
+        ConsumerConfig(
+            durable_name=consumer_name(pipeline, shard),
+            name=consumer_name(pipeline, shard),
+            filter_subject=subject(pipeline, shard),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=-1,
+            max_ack_pending=MAX_ACK_PENDING,
+            max_waiting=512,
+        ),
+    )
+
+
+async def list_pipeline_consumers(js: JetStreamContext) -> dict[str, set[int]]:
+    """Pipeline -> shards that have a consumer on EVENTS."""
+    found: dict[str, set[int]] = {}
+    for info in await _consumers(js):
+        name = info.name or ""
+        pipeline, _, shard = name[len(STREAM) + 1 :].rpartition("_")
+        if name.startswith(STREAM + "_") and pipeline and shard.isdigit():
+            found.setdefault(pipeline, set()).add(int(shard))
+    return found
+
+
+async def _consumers(js: JetStreamContext) -> list[ConsumerInfo]:
+    """Every consumer of EVENTS (the API pages by 256)."""
+    found: list[ConsumerInfo] = []
+    while True:
+        page = await js.consumers_info(STREAM, offset=len(found) or None)
+        found.extend(page)
+        if len(page) < 256:
+            return found
+
+
+async def remove_pipeline(js: JetStreamContext, pipeline: str) -> int:
+    """Delete every consumer of a pipeline that no longer exists and discard its messages.
+
+    Returns how many messages were discarded.
+    """
+    shards = (await list_pipeline_consumers(js)).get(pipeline, set())
+    for shard in shards:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(STREAM, consumer_name(pipeline, shard))
+    before = (await js.stream_info(STREAM)).state.messages
+    await js.purge_stream(STREAM, subject=f"{SUBJECT_PREFIX}.{pipeline}.>")
+    discarded = before - (await js.stream_info(STREAM)).state.messages
+    log.info(
+        "Removed pipeline consumers and discarded pending events.",
+        extra={"pipeline": pipeline, "shards": sorted(shards), "discarded": discarded},
+    )
+    return discarded

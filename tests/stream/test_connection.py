@@ -1,0 +1,105 @@
+"""Connection state: usable, a short grace after a drop, recovery, server version check."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fixtures.nats_servers import settings_for
+from krenalis.stream.connection import NatsConnection, ServerTooOldError, check_server_version
+from krenalis.stream.embedded import EmbeddedNats, free_port
+from krenalis.stream.layout import STREAM, ensure_consumer, ensure_streams
+from krenalis.stream.publisher import Publisher, copy_for
+
+
+async def wait_for(predicate, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_unusable_while_server_down_and_back_after_restart(tmp_path):
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    settings = settings_for(server.url)
+    conn = NatsConnection(settings)
+    try:
+        await conn.connect(timeout=10)
+        await ensure_streams(conn.js, settings)
+        await ensure_consumer(conn.js, "p", 0, 30)
+        conn.set_stream_ready()
+        assert await conn.wait_usable()
+
+        server.kill()
+        await wait_for(lambda: not conn.nc.is_connected)
+        await asyncio.sleep(0.3)  # past the grace period: refuse at once
+        started = asyncio.get_running_loop().time()
+        assert not await conn.wait_usable()
+        assert asyncio.get_running_loop().time() - started < 0.1
+
+        server.start()  # same port, same store: the stream is still there
+        await wait_for(lambda: conn.nc.is_connected)
+        assert await conn.wait_usable()
+        await Publisher(conn.js).publish([copy_for("p", 0, b"x", "after-restart")])
+        assert (await conn.js.stream_info(STREAM)).state.messages == 1
+    finally:
+        await conn.close()
+        server.kill()
+
+
+async def test_publish_waits_through_a_short_outage(tmp_path):
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    settings = settings_for(server.url)
+    conn = NatsConnection(settings)
+    try:
+        await conn.connect(timeout=10)
+        await ensure_streams(conn.js, settings)
+        await ensure_consumer(conn.js, "p", 0, 30)
+        server.kill()
+        await wait_for(lambda: not conn.nc.is_connected)
+        publisher = Publisher(conn.js, timeout=1.0, deadline=20.0)
+        publishing = asyncio.create_task(publisher.publish([copy_for("p", 0, b"x", "during")]))
+        await asyncio.sleep(1.5)
+        assert not publishing.done()
+        await asyncio.to_thread(server.start)
+        [ack] = await asyncio.wait_for(publishing, 25)
+        assert ack.stream == STREAM
+    finally:
+        await conn.close()
+        server.kill()
+
+
+async def test_connect_retries_until_a_server_appears(tmp_path):
+    port = free_port()
+    server = EmbeddedNats(tmp_path / "nats", port=port)
+    conn = NatsConnection(settings_for(server.url))
+    try:
+        connecting = asyncio.create_task(conn.connect(timeout=30))
+        await asyncio.sleep(1.0)
+        assert not connecting.done()
+        await asyncio.to_thread(server.start)
+        await asyncio.wait_for(connecting, 20)
+        assert conn.nc.is_connected
+    finally:
+        await conn.close()
+        server.kill()
+
+
+async def test_connect_timeout_when_nothing_listens():
+    conn = NatsConnection(settings_for(f"nats://127.0.0.1:{free_port()}"))
+    with pytest.raises(TimeoutError, match="cannot connect to NATS"):
+        await conn.connect(timeout=1.0)
+
+
+def test_server_version_check():
+    check_server_version((2, 12, 0), "nats://x:4222")
+    check_server_version((2, 15, 1), "nats://x:4222")
+    with pytest.raises(ServerTooOldError) as info:
+        check_server_version((2, 11, 9), "nats://x:4222")
+    assert str(info.value) == (
+        "NATS server 2.11.9 at nats://x:4222 is too old: Krenalis requires nats-server 2.12 or newer"
+    )

@@ -1,0 +1,154 @@
+"""Fetching, heartbeats, settling and redelivery against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from fixtures.nats_servers import settings_for
+from krenalis.stream.connection import NatsConnection
+from krenalis.stream.consumer import PipelineConsumer
+from krenalis.stream.layout import STREAM, ensure_consumer, ensure_streams
+from krenalis.stream.publisher import Publisher, copy_for
+
+
+async def setup(url: str, pipeline: str, ack_wait: float, count: int = 1):
+    settings = settings_for(url, KRENALIS_NATS_ACK_WAIT=f"{ack_wait}s")
+    conn = NatsConnection(settings)
+    await conn.connect(timeout=10)
+    await ensure_streams(conn.js, settings)
+    await ensure_consumer(conn.js, pipeline, 0, ack_wait)
+    await Publisher(conn.js).publish(
+        [copy_for(pipeline, 0, f"e{i}".encode(), f"m{i}") for i in range(count)]
+    )
+    return conn
+
+
+async def fetch_all(consumer: PipelineConsumer, want: int, timeout: float = 5.0):
+    got = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(got) < want and asyncio.get_running_loop().time() < deadline:
+        got += await consumer.fetch(want - len(got), timeout=0.5)
+    return got
+
+
+async def test_long_processing_with_heartbeats_is_delivered_once(nats_server):
+    conn = await setup(nats_server.url, "slow", ack_wait=1.0)
+    consumer = PipelineConsumer(conn.js, "slow", ack_wait=1.0)
+    await consumer.start()
+    try:
+        [delivery] = await fetch_all(consumer, 1)
+        assert delivery.num_delivered == 1
+        await asyncio.sleep(3.0)  # three AckWaits of "work"
+        info = await consumer.info()
+        assert info.num_redelivered == 0 and info.num_ack_pending == 1
+        assert await consumer.fetch(1, timeout=0.5) == []  # nothing redelivered meanwhile
+        await delivery.ack()
+        await asyncio.sleep(0.2)
+        assert (await conn.js.stream_info(STREAM)).state.messages == 0
+    finally:
+        await consumer.close()
+        await conn.close()
+
+
+async def test_without_heartbeats_the_message_is_redelivered(nats_server):
+    """The control for the test above: it would fail if heartbeats did nothing."""
+    conn = await setup(nats_server.url, "noheart", ack_wait=1.0)
+    await ensure_consumer(conn.js, "noheart", 0, 1.0)
+    sub = await conn.js.pull_subscribe_bind("EVENTS_noheart_0", stream=STREAM)
+    try:
+        [first] = await sub.fetch(1, timeout=2)
+        await asyncio.sleep(1.5)
+        [again] = await sub.fetch(1, timeout=2)
+        assert again.metadata.num_delivered == 2
+        assert again.metadata.sequence.stream == first.metadata.sequence.stream
+    finally:
+        await conn.close()
+
+
+async def test_nothing_is_acked_before_the_caller_acks(nats_server):
+    conn = await setup(nats_server.url, "p", ack_wait=5.0, count=5)
+    consumer = PipelineConsumer(conn.js, "p", ack_wait=5.0)
+    await consumer.start()
+    try:
+        batch = await fetch_all(consumer, 5)
+        assert [d.data for d in batch] == [f"e{i}".encode() for i in range(5)]
+        await asyncio.sleep(0.3)
+        assert (await conn.js.stream_info(STREAM)).state.messages == 5
+        assert consumer.in_flight == 5
+        await batch[0].ack()
+        await batch[0].ack()  # settling twice is harmless
+        await batch[1].term("invalid event data")
+        await asyncio.sleep(0.3)
+        assert (await conn.js.stream_info(STREAM)).state.messages == 3
+        assert consumer.in_flight == 3
+    finally:
+        await consumer.close()
+        await conn.close()
+
+
+async def test_nak_with_delay_redelivers_later(nats_server):
+    conn = await setup(nats_server.url, "p", ack_wait=5.0)
+    consumer = PipelineConsumer(conn.js, "p", ack_wait=5.0)
+    await consumer.start()
+    try:
+        [delivery] = await fetch_all(consumer, 1)
+        await delivery.nak(delay=1.0)
+        assert await consumer.fetch(1, timeout=0.5) == []
+        [again] = await fetch_all(consumer, 1, timeout=3)
+        assert again.num_delivered == 2
+        await again.ack()
+    finally:
+        await consumer.close()
+        await conn.close()
+
+
+async def test_close_hands_back_unsettled_messages(nats_server):
+    conn = await setup(nats_server.url, "p", ack_wait=30.0, count=3)
+    first = PipelineConsumer(conn.js, "p", ack_wait=30.0)
+    await first.start()
+    batch = await fetch_all(first, 3)
+    await batch[0].ack()
+    await first.close()
+    second = PipelineConsumer(conn.js, "p", ack_wait=30.0)
+    await second.start()
+    try:
+        # Redelivered at once, not after the 30 s AckWait.
+        again = await fetch_all(second, 2, timeout=3)
+        assert sorted(d.data for d in again) == [b"e1", b"e2"]
+    finally:
+        await second.close()
+        await conn.close()
+
+
+async def test_consumer_killed_before_ack_leads_to_redelivery(nats_server):
+    conn = await setup(nats_server.url, "killed", ack_wait=1.0)
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("consumer_child.py")), nats_server.url, "killed"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 20)
+        assert line.strip() == "fetched e0"
+        await asyncio.sleep(2.0)  # the child's heartbeats keep it from being redelivered
+        info = await conn.js.consumer_info(STREAM, "EVENTS_killed_0")
+        assert info.num_redelivered == 0 and info.num_ack_pending == 1
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        consumer = PipelineConsumer(conn.js, "killed", ack_wait=1.0)
+        await consumer.start()
+        [again] = await fetch_all(consumer, 1, timeout=5)
+        assert again.data == b"e0" and again.num_delivered >= 2
+        await again.ack()
+        await consumer.close()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        await conn.close()
