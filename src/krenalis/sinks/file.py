@@ -1,0 +1,161 @@
+"""Append events as NDJSON to one file per day: ``<directory>/<prefix>-YYYY-MM-DD.ndjson``.
+
+The day is the UTC day of the event's ``receivedAt``, not of the write, so a replay of old
+events lands in the file of the day they were received. Each event is one compact UTF-8 JSON
+line. A batch is delivered only once every touched file is flushed and ``fsync``-ed (and the
+directory too when a file was created), so an acked event survives a power loss.
+
+Each file gets the lines of a batch in a single ``O_APPEND`` write: concurrent writers (two
+workers, or overlapping batches) never interleave their lines, and a failure rarely leaves half a
+batch behind. When it does, the retry writes those lines again: duplicates are the price of
+at-least-once delivery; readers deduplicate on ``messageId``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import tempfile
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from krenalis.sinks.base import DELIVERED, Delivered, Event, Outcome, Rejected, Retry
+
+__all__ = ["FileSink"]
+
+logger = logging.getLogger("krenalis.sinks.file")
+
+
+class FileSink:
+    """Write events to daily NDJSON files in ``directory`` (created when missing).
+
+    :param directory: where the files go.
+    :param prefix: the start of each file name.
+    """
+
+    def __init__(self, directory: str | Path, *, prefix: str = "events") -> None:
+        if not prefix or os.sep in prefix or (os.altsep and os.altsep in prefix):
+            raise ValueError(f"prefix must be a non-empty file name part, got {prefix!r}")
+        self._directory = Path(directory)
+        self._prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"FileSink({str(self._directory)!r}, prefix={self._prefix!r})"
+
+    def path_for(self, day: date) -> Path:
+        """The file that holds the events received on ``day`` (UTC)."""
+        return self._directory / f"{self._prefix}-{day.isoformat()}.ndjson"
+
+    async def write(self, events: list[Event]) -> list[Outcome]:
+        outcomes: list[Outcome] = [DELIVERED] * len(events)
+        chunks: dict[Path, list[str]] = {}
+        for i, event in enumerate(events):
+            try:
+                line = _line(event)
+                path = self.path_for(_received_day(event))
+            except ValueError as exc:
+                outcomes[i] = Rejected(str(exc))
+                continue
+            chunks.setdefault(path, []).append(line)
+        if not chunks:
+            return outcomes
+        try:
+            # File I/O and fsync block for milliseconds: keep them off the event loop.
+            await asyncio.to_thread(self._append, chunks)
+        except OSError as exc:
+            reason = _os_reason(exc)
+            logger.warning("File sink could not write a batch.", extra={"reason": reason})
+            retry = Retry(reason)
+            return [retry if isinstance(o, Delivered) else o for o in outcomes]
+        logger.debug(
+            "File sink wrote a batch.", extra={"events": len(events), "files": len(chunks)}
+        )
+        return outcomes
+
+    async def healthcheck(self) -> None:
+        """Raise ``OSError`` unless a file can be created in the directory."""
+        await asyncio.to_thread(self._probe)
+
+    async def aclose(self) -> None:
+        # Files are opened per batch: there is nothing to release.
+        return None
+
+    def _append(self, chunks: dict[Path, list[str]]) -> None:
+        _make_dirs(self._directory)
+        created = False
+        for path, lines in chunks.items():
+            try:
+                created |= _append_durably(path, "".join(lines).encode())
+            except OSError as exc:
+                # os.write and os.fsync errors do not name the file; the reason must.
+                exc.filename = exc.filename or str(path)
+                raise
+        if created:
+            # A new file's directory entry is only durable once the directory is fsynced.
+            _fsync_dir(self._directory)
+
+    def _probe(self) -> None:
+        _make_dirs(self._directory)
+        # os.access() says yes to root even on a read-only mount: really create a file.
+        with tempfile.NamedTemporaryFile(dir=self._directory, prefix=".healthcheck-"):
+            pass
+
+
+def _line(event: Event) -> str:
+    try:
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the event cannot be encoded as JSON: {exc}") from exc
+    return text + "\n"
+
+
+def _received_day(event: Event) -> date:
+    value = event.get("receivedAt")
+    try:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        when = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"receivedAt is missing or not an ISO 8601 timestamp: {value!r}") from None
+    if when.tzinfo is None:  # The collector writes UTC; a naive value can only mean UTC.
+        return when.date()
+    return when.astimezone(UTC).date()
+
+
+def _append_durably(path: Path, data: bytes) -> bool:
+    """Append ``data`` with one write (O_APPEND), fsync it; tell whether the file was created."""
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:  # os.write may write less than asked (signals, pipes): finish the job.
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return created
+
+
+def _make_dirs(directory: Path) -> None:
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    _fsync_dir(directory.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _os_reason(exc: OSError) -> str:
+    code = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else type(exc).__name__
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"{code}{where}: {exc.strerror or exc}"

@@ -1,0 +1,389 @@
+"""Deliver events to an HTTP endpoint: one POST per event, or one POST per batch.
+
+Every request is a JSON ``POST`` with these headers:
+
+- ``Content-Type: application/json`` and ``User-Agent: krenalis-events/<version>``.
+- ``Idempotency-Key``: the event's ``messageId``; in batch mode a SHA-256 (hex) of the
+  newline-joined ``messageId`` values, which are also in the body. Receivers deduplicate with it:
+  delivery is at-least-once, so the same event may arrive twice.
+- ``X-Krenalis-Signature: t=<unix seconds>,v1=<hex>`` when the sink has a secret, where
+  ``<hex> = HMAC-SHA256(secret, f"{t}.".encode() + raw_body)``. To verify, a receiver recomputes
+  the HMAC over the raw request body exactly as received, compares it in constant time with any
+  ``v1`` value of the header, and refuses a ``t`` farther than a few minutes from its own clock
+  (replay protection). ``verify_signature`` does exactly that.
+
+Responses map to the three outcomes of ``krenalis.sinks.base`` (see ``classify``). Redirects are
+not followed: a 3xx means the endpoint is misconfigured, which retrying does not fix.
+
+Within one ``write()`` call the events of one user (``anonymousId``, else ``userId``) are sent
+one after the other; once one of them is not delivered, the user's later events are not sent
+(they get ``Retry``), so a receiver never sees a user's events out of order. Different users are
+sent concurrently, at most ``max_concurrency`` requests at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from krenalis import __version__
+from krenalis.sinks.base import DELIVERED, Delivered, Event, Outcome, Rejected, Retry
+
+__all__ = ["SIGNATURE_HEADER", "WebhookSink", "classify", "sign", "verify_signature"]
+
+logger = logging.getLogger("krenalis.sinks.webhook")
+
+SIGNATURE_HEADER = "X-Krenalis-Signature"
+USER_AGENT = f"krenalis-events/{__version__}"
+BLOCKED_REASON = "an earlier event of this user is not delivered yet"
+# Enough of a response body to explain a rejection, without holding a huge body in memory.
+BODY_PREFIX_BYTES = 4096
+REASON_BODY_CHARS = 200
+
+
+# --- Signatures -------------------------------------------------------------------------------
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """Return the ``X-Krenalis-Signature`` value for ``body`` (now, unless ``timestamp``)."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={_hmac_hex(secret, t, body)}"
+
+
+def verify_signature(secret: str, header: str, body: bytes | str, tolerance: float = 300) -> bool:
+    """Tell whether ``header`` is a valid signature of ``body``, made within ``tolerance`` s.
+
+    Several ``v1`` values are accepted (a sender rotating its secret may send two).
+    """
+    raw = body.encode() if isinstance(body, str) else body
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isdigit():
+            timestamp = int(value)
+        elif key == "v1":
+            candidates.append(value)
+    if timestamp is None or not candidates or abs(time.time() - timestamp) > tolerance:
+        return False
+    expected = _hmac_hex(secret, timestamp, raw)
+    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+
+
+def _hmac_hex(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+# --- Classification ---------------------------------------------------------------------------
+
+
+def classify(status: int, headers: Mapping[str, str], body: str = "") -> Outcome:
+    """Map an HTTP response to an outcome.
+
+    2xx: delivered. 408, 429 and 5xx except 501 and 505: retry, after ``Retry-After`` for 429
+    and 503. 3xx, 501, 505 and other 4xx: rejected, since sending again would get the same
+    answer. Codes outside 2xx-5xx are retried: they come from broken proxies, not the receiver.
+    """
+    if 200 <= status < 300:
+        return DELIVERED
+    text = body.strip()[:REASON_BODY_CHARS]
+    reason = f"HTTP {status}: {text}" if text else f"HTTP {status}"
+    if status in (408, 429) or (500 <= status < 600 and status not in (501, 505)):
+        after = _retry_after(headers) if status in (429, 503) else None
+        return Retry(reason, after=after)
+    if 300 <= status < 600:
+        return Rejected(reason)
+    return Retry(reason)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Parse ``Retry-After`` (delta seconds or an HTTP-date) into seconds from now."""
+    value = _header(headers, "retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; be lenient with senders that omit it.
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    if isinstance(headers, httpx.Headers):
+        return headers.get(name)
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+# --- The sink ---------------------------------------------------------------------------------
+
+
+class WebhookSink:
+    """POST events as JSON to ``url``.
+
+    :param url: the http(s) endpoint; it may carry a query string (never logged).
+    :param secret: when set, every request carries ``X-Krenalis-Signature``.
+    :param batch: send each ``write()`` as one ``{"batch": [...]}`` request instead of one
+        request per event; the response then applies to every event in it.
+    :param timeout: seconds allowed for each of connect, write, read and pool waits.
+    :param max_concurrency: requests in flight at most, for this sink.
+    :param rate_limit: requests per second at most (bursts up to one second's worth).
+    :param headers: extra headers for every request (for example an ``Authorization``).
+    :param client: an ``httpx.AsyncClient`` to share; the sink then does not close it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: str | None = None,
+        batch: bool = False,
+        timeout: float = 10.0,
+        max_concurrency: int = 8,
+        rate_limit: float | None = None,
+        headers: dict[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._url = _validated_url(url)
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
+        if rate_limit is not None and rate_limit <= 0:
+            raise ValueError(f"rate_limit must be > 0 requests/s or None, got {rate_limit!r}")
+        self._secret = secret
+        self._batch = batch
+        self._headers = {**(headers or {}), "Content-Type": "application/json"}
+        self._headers["User-Agent"] = USER_AGENT
+        self._target = _target(self._url)
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._limiter = _TokenBucket(rate_limit) if rate_limit else None
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        # The query string and the secret may hold credentials: keep them out of reprs.
+        return f"WebhookSink({self._target!r}, batch={self._batch})"
+
+    async def write(self, events: list[Event]) -> list[Outcome]:
+        if not events:
+            return []
+        if self._batch:
+            outcomes = await self._send_batch(events)
+        else:
+            outcomes = await self._send_per_user(events)
+        _log_summary(self._target, outcomes)
+        return outcomes
+
+    async def healthcheck(self) -> None:
+        """Raise ``ConnectionError`` unless the endpoint answers a ``HEAD`` (any status)."""
+        try:
+            response = await self._client.head(
+                self._url, headers={"User-Agent": USER_AGENT}, follow_redirects=False
+            )
+        except httpx.RequestError as exc:
+            raise ConnectionError(_transport_reason(exc, self._url)) from exc
+        await response.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- per-event mode --
+
+    async def _send_per_user(self, events: list[Event]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(events)
+        async with asyncio.TaskGroup() as group:
+            for indexes in _group_by_user(events).values():
+                group.create_task(self._send_user_events(events, indexes, outcomes))
+        return [o if o is not None else Retry("the event was not sent") for o in outcomes]
+
+    async def _send_user_events(
+        self, events: list[Event], indexes: list[int], outcomes: list[Outcome | None]
+    ) -> None:
+        blocker: Outcome = DELIVERED
+        for i in indexes:
+            if not isinstance(blocker, Delivered):
+                # Keep the user's order: nothing after a failed event may arrive before it.
+                after = blocker.after if isinstance(blocker, Retry) else None
+                outcomes[i] = Retry(BLOCKED_REASON, after=after)
+                continue
+            outcomes[i] = blocker = await self._send_one(events[i])
+
+    async def _send_one(self, event: Event) -> Outcome:
+        try:
+            body = _encode(event)
+        except (TypeError, ValueError) as exc:
+            return Rejected(f"the event cannot be encoded as JSON: {exc}")
+        return await self._post(body, _idempotency_key(event))
+
+    # -- batch mode --
+
+    async def _send_batch(self, events: list[Event]) -> list[Outcome]:
+        rejected: dict[int, Outcome] = {}
+        parts: list[bytes] = []
+        ids: list[str] = []
+        for i, event in enumerate(events):
+            try:
+                parts.append(_encode(event))
+            except (TypeError, ValueError) as exc:
+                # One unencodable event must not send the whole batch to the dead letters.
+                rejected[i] = Rejected(f"the event cannot be encoded as JSON: {exc}")
+                continue
+            ids.append(str(event.get("messageId", "")))
+        sent: Outcome = DELIVERED  # only used when something was sent
+        if parts:
+            body = b'{"batch":[' + b",".join(parts) + b"]}"
+            sent = await self._post(body, hashlib.sha256("\n".join(ids).encode()).hexdigest())
+        return [rejected.get(i, sent) for i in range(len(events))]
+
+    # -- one request --
+
+    async def _post(self, body: bytes, idempotency_key: str | None) -> Outcome:
+        async with self._semaphore:
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            headers = dict(self._headers)
+            if idempotency_key:
+                headers["Idempotency-Key"] = idempotency_key
+            if self._secret is not None:
+                headers[SIGNATURE_HEADER] = sign(self._secret, body)
+            try:
+                async with self._client.stream(
+                    "POST", self._url, content=body, headers=headers, follow_redirects=False
+                ) as response:
+                    return classify(
+                        response.status_code, response.headers, await _read_prefix(response)
+                    )
+            except httpx.RequestError as exc:
+                return Retry(_transport_reason(exc, self._url))
+
+
+class _TokenBucket:
+    """At most ``rate`` acquisitions per second, with bursts of up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        # The lock makes waiters queue up in order instead of all waking for one token.
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                elapsed = now - self._updated
+                self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+# --- Helpers ----------------------------------------------------------------------------------
+
+
+def _validated_url(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"webhook url is not a valid URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError("webhook url must be an absolute http:// or https:// URL")
+    return parsed
+
+
+def _target(url: httpx.URL) -> str:
+    """Name the endpoint in logs and reasons: host, port and path, never query or userinfo."""
+    port = f":{url.port}" if url.port else ""
+    return f"{url.host}{port}{url.path}"
+
+
+def _transport_reason(exc: httpx.RequestError, url: httpx.URL) -> str:
+    detail = str(exc)
+    # Error texts may quote the URL; its query string can hold a token.
+    if url.query:
+        detail = detail.replace(url.query.decode(errors="replace"), "<query>")
+    detail = f": {detail[:REASON_BODY_CHARS]}" if detail else ""
+    return f"{type(exc).__name__} while sending to {url.host}{detail}"
+
+
+def _group_by_user(events: list[Event]) -> dict[object, list[int]]:
+    """Indexes of the events of each user, in batch order; events without a user stand alone."""
+    groups: dict[object, list[int]] = {}
+    for i, event in enumerate(events):
+        key: object
+        if event.get("anonymousId"):
+            key = ("anonymousId", event["anonymousId"])
+        elif event.get("userId"):
+            key = ("userId", event["userId"])
+        else:
+            key = i
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _encode(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _idempotency_key(event: Event) -> str | None:
+    message_id = event.get("messageId")
+    return str(message_id) if message_id else None
+
+
+async def _read_prefix(response: httpx.Response) -> str:
+    """Read the start of the body; a large body is dropped with its connection.
+
+    The body only explains failures: once the status arrived, an error while reading the body
+    must not turn a 2xx into a retry, so it yields an empty text.
+    """
+    data = b""
+    try:
+        async for chunk in response.aiter_bytes():
+            data += chunk
+            if len(data) >= BODY_PREFIX_BYTES:
+                break
+    except httpx.RequestError:
+        pass
+    return data[:BODY_PREFIX_BYTES].decode("utf-8", errors="replace")
+
+
+def _log_summary(target: str, outcomes: list[Outcome]) -> None:
+    failures = [o for o in outcomes if not isinstance(o, Delivered)]
+    fields: dict[str, object] = {"target": target, "events": len(outcomes)}
+    if not failures:
+        logger.debug("Webhook delivered every event of the batch.", extra=fields)
+        return
+    fields["retry"] = sum(isinstance(o, Retry) for o in failures)
+    fields["rejected"] = sum(isinstance(o, Rejected) for o in failures)
+    # The first failure that is not just a consequence of another one says what went wrong.
+    fields["reason"] = next((o.reason for o in failures if o.reason != BLOCKED_REASON), "")
+    logger.warning("Webhook did not deliver some events of the batch.", extra=fields)

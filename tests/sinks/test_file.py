@@ -1,0 +1,139 @@
+"""FileSink against real files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from krenalis.sinks.base import DELIVERED, Rejected, Retry
+from krenalis.sinks.file import FileSink
+
+
+def event(n: int, received_at: str = "2026-11-26T05:29:02.123Z") -> dict:
+    return {
+        "messageId": f"msg-{n}",
+        "anonymousId": "user-a",
+        "type": "track",
+        "event": "Order Completed",
+        "properties": {"n": n, "note": "café ✓"},
+        "receivedAt": received_at,
+        "connectionId": "website",
+    }
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+async def test_writes_compact_utf8_ndjson(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path / "out")
+    events = [event(1), event(2)]
+
+    assert await sink.write(events) == [DELIVERED] * 2
+
+    path = tmp_path / "out" / "events-2026-11-26.ndjson"
+    lines = read_lines(path)
+    assert [json.loads(line) for line in lines] == events
+    assert lines[0] == json.dumps(events[0], separators=(",", ":"), ensure_ascii=False)
+    assert "café ✓" in path.read_text(encoding="utf-8")
+    await sink.aclose()
+
+
+async def test_appends_across_batches(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path, prefix="site")
+    await sink.write([event(1)])
+    await sink.write([event(2), event(3)])
+
+    lines = read_lines(tmp_path / "site-2026-11-26.ndjson")
+    assert [json.loads(line)["messageId"] for line in lines] == ["msg-1", "msg-2", "msg-3"]
+
+
+async def test_rotates_by_the_utc_day_of_received_at(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path)
+    events = [
+        event(1, "2026-11-25T23:59:59.999Z"),
+        event(2, "2026-11-26T00:00:00.000Z"),
+        event(3, "2026-11-26T01:30:00+02:00"),  # 2026-11-25 23:30 UTC
+        event(4, "2026-11-27T00:00:00"),  # naive: UTC
+    ]
+
+    assert await sink.write(events) == [DELIVERED] * 4
+
+    def ids(day: str) -> list[str]:
+        return [json.loads(x)["messageId"] for x in read_lines(tmp_path / f"events-{day}.ndjson")]
+
+    assert ids("2026-11-25") == ["msg-1", "msg-3"]
+    assert ids("2026-11-26") == ["msg-2"]
+    assert ids("2026-11-27") == ["msg-4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "events-2026-11-25.ndjson",
+        "events-2026-11-26.ndjson",
+        "events-2026-11-27.ndjson",
+    ]
+
+
+async def test_a_bad_event_is_rejected_and_the_others_written(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path)
+    no_date = event(2) | {"receivedAt": None}
+    not_json = event(3) | {"properties": {"x": float("inf")}}
+
+    outcomes = await sink.write([event(1), no_date, not_json, event(4)])
+
+    assert outcomes[0] == outcomes[3] == DELIVERED
+    assert isinstance(outcomes[1], Rejected) and "receivedAt" in outcomes[1].reason
+    assert isinstance(outcomes[2], Rejected) and "JSON" in outcomes[2].reason
+    lines = read_lines(tmp_path / "events-2026-11-26.ndjson")
+    assert [json.loads(x)["messageId"] for x in lines] == ["msg-1", "msg-4"]
+
+
+async def test_unwritable_directory_is_retried_then_delivered(tmp_path: Path) -> None:
+    # Tests run as root, where chmod does not stop writes: a regular file in the path does.
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    sink = FileSink(blocker / "sub")
+
+    outcomes = await sink.write([event(1), event(2)])
+
+    assert len(outcomes) == 2 and all(isinstance(o, Retry) for o in outcomes)
+    assert outcomes[0].reason.startswith(("ENOTDIR", "EEXIST"))  # type: ignore[union-attr]
+    assert str(blocker) in outcomes[0].reason  # type: ignore[union-attr]
+    with pytest.raises(OSError):
+        await sink.healthcheck()
+
+    blocker.unlink()
+    await sink.healthcheck()
+    assert await sink.write([event(1), event(2)]) == [DELIVERED] * 2
+    assert len(read_lines(blocker / "sub" / "events-2026-11-26.ndjson")) == 2
+    assert [p.name for p in (blocker / "sub").iterdir()] == ["events-2026-11-26.ndjson"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+async def test_disk_full_is_retried(tmp_path: Path) -> None:
+    # A day file that is a link to /dev/full fails every write with ENOSPC.
+    (tmp_path / "events-2026-11-26.ndjson").symlink_to("/dev/full")
+
+    outcomes = await FileSink(tmp_path).write([event(1), event(2, "2026-11-27T00:00:00Z")])
+
+    assert all(isinstance(o, Retry) for o in outcomes)
+    assert outcomes[0].reason.startswith("ENOSPC")  # type: ignore[union-attr]
+    assert "events-2026-11-2" in outcomes[0].reason  # type: ignore[union-attr]
+
+
+async def test_healthcheck_creates_the_directory_and_leaves_no_file(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "b"
+    await FileSink(directory).healthcheck()
+    assert directory.is_dir() and list(directory.iterdir()) == []
+
+
+async def test_empty_batch_touches_nothing(tmp_path: Path) -> None:
+    assert await FileSink(tmp_path / "never").write([]) == []
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("prefix", ["", "a/b"])
+def test_bad_prefix_fails_at_construction(tmp_path: Path, prefix: str) -> None:
+    with pytest.raises(ValueError):
+        FileSink(tmp_path, prefix=prefix)

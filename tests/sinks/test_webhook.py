@@ -1,0 +1,349 @@
+"""WebhookSink against a real local HTTP receiver, and its pure helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from krenalis import __version__
+from krenalis.sinks.base import DELIVERED, Delivered, Rejected, Retry
+from krenalis.sinks.webhook import WebhookSink, classify, sign, verify_signature
+from sinks.webhook_receiver import ReceivedRequest, Response, WebhookReceiver, unused_url
+
+SECRET = "whsec-test-0123456789"
+
+
+def event(n: int, user: str = "user-a") -> dict:
+    return {
+        "messageId": f"msg-{user}-{n}",
+        "anonymousId": user,
+        "type": "track",
+        "event": "Order Completed",
+        "properties": {"n": n, "total": 12.5, "note": "café"},
+        "context": {"library": {"name": "analytics-python", "version": "2.3.0"}},
+        "receivedAt": "2026-11-26T05:29:02.123Z",
+        "timestamp": "2026-11-26T05:29:01.000Z",
+        "sentAt": "2026-11-26T05:29:02.000Z",
+        "connectionId": "website",
+    }
+
+
+@pytest.fixture
+async def rx() -> AsyncIterator[WebhookReceiver]:
+    async with WebhookReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+async def make_sink() -> AsyncIterator:
+    sinks: list[WebhookSink] = []
+
+    def make(url: str, **options: object) -> WebhookSink:
+        sinks.append(WebhookSink(url, **options))  # type: ignore[arg-type]
+        return sinks[-1]
+
+    yield make
+    for sink in sinks:
+        await sink.aclose()
+
+
+# --- Delivery through a real receiver ----------------------------------------------------------
+
+
+async def test_delivered_with_headers_and_a_valid_signature(rx, make_sink) -> None:
+    sink = make_sink(rx.url, secret=SECRET, headers={"Authorization": "Bearer t0k"})
+    events = [event(1)]
+
+    assert await sink.write(events) == [DELIVERED]
+
+    (request,) = rx.requests
+    assert request.method == "POST"
+    assert request.json == events[0]
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"] == f"krenalis-events/{__version__}"
+    assert request.headers["idempotency-key"] == "msg-user-a-1"
+    assert request.headers["authorization"] == "Bearer t0k"
+    signature = request.headers["x-krenalis-signature"]
+    assert verify_signature(SECRET, signature, request.body)
+    assert not verify_signature("another-secret", signature, request.body)
+    assert SECRET not in str(request.headers)
+
+
+async def test_no_signature_without_a_secret(rx, make_sink) -> None:
+    assert await make_sink(rx.url).write([event(1)]) == [DELIVERED]
+    assert "x-krenalis-signature" not in rx.requests[0].headers
+
+
+async def test_500_is_retried_then_delivered(rx, make_sink) -> None:
+    rx.respond_with(Response(500, body="database down"), 200)
+    sink = make_sink(rx.url)
+
+    assert await sink.write([event(1)]) == [Retry("HTTP 500: database down")]
+    assert await sink.write([event(1)]) == [DELIVERED]
+    assert [r.headers["idempotency-key"] for r in rx.requests] == ["msg-user-a-1"] * 2
+
+
+async def test_429_honours_retry_after(rx, make_sink) -> None:
+    rx.respond_with(Response(429, headers={"Retry-After": "7"}))
+
+    (outcome,) = await make_sink(rx.url).write([event(1)])
+
+    assert isinstance(outcome, Retry)
+    assert outcome.after == 7
+
+
+async def test_400_is_rejected_with_status_and_body(rx, make_sink) -> None:
+    rx.respond_with(Response(400, body='{"error": "unknown field"}' + "x" * 500))
+
+    (outcome,) = await make_sink(rx.url).write([event(1)])
+
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason.startswith('HTTP 400: {"error": "unknown field"}')
+    assert len(outcome.reason) == len("HTTP 400: ") + 200
+
+
+async def test_501_is_rejected(rx, make_sink) -> None:
+    rx.respond_with(501)
+    (outcome,) = await make_sink(rx.url).write([event(1)])
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason.startswith("HTTP 501")
+
+
+async def test_redirects_are_not_followed(rx, make_sink) -> None:
+    rx.respond_with(Response(302, headers={"Location": rx.base_url + "/elsewhere"}))
+
+    (outcome,) = await make_sink(rx.url).write([event(1)])
+
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason.startswith("HTTP 302")
+    assert [r.path for r in rx.requests] == ["/hook"]
+
+
+async def test_timeout_is_retried_quickly(rx, make_sink) -> None:
+    rx.respond_with(Response(200, delay=10))
+    sink = make_sink(rx.url, timeout=0.3)
+
+    started = time.monotonic()
+    (outcome,) = await sink.write([event(1)])
+
+    assert time.monotonic() - started < 3
+    assert isinstance(outcome, Retry)
+    assert "Timeout" in outcome.reason and "127.0.0.1" in outcome.reason
+
+
+async def test_connection_refused_is_retried_without_leaking_the_query(make_sink, caplog) -> None:
+    sink = make_sink(unused_url() + "?token=query-secret", secret=SECRET)
+
+    with caplog.at_level(logging.DEBUG, logger="krenalis.sinks.webhook"):
+        (outcome,) = await sink.write([event(1)])
+
+    assert isinstance(outcome, Retry)
+    assert "ConnectError" in outcome.reason and "127.0.0.1" in outcome.reason
+    assert "query-secret" not in outcome.reason
+    assert "Webhook did not deliver" in caplog.text
+    logged = caplog.text + str([r.__dict__ for r in caplog.records])
+    assert "query-secret" not in logged and SECRET not in logged
+    assert "query-secret" not in repr(sink)
+
+
+async def test_batch_mode_sends_one_request_for_all_events(rx, make_sink) -> None:
+    events = [event(1), event(2), event(1, "user-b")]
+    sink = make_sink(rx.url, batch=True, secret=SECRET)
+
+    assert await sink.write(events) == [DELIVERED] * 3
+    rx.respond_with(503)
+    assert await sink.write(events) == [Retry("HTTP 503")] * 3
+
+    first, second = rx.requests
+    assert first.json == {"batch": events}
+    assert verify_signature(SECRET, first.headers["x-krenalis-signature"], first.body)
+    ids = "\n".join(e["messageId"] for e in events)
+    assert first.headers["idempotency-key"] == hashlib.sha256(ids.encode()).hexdigest()
+    assert second.headers["idempotency-key"] == first.headers["idempotency-key"]
+
+
+async def test_batch_mode_rejection_applies_to_every_event(rx, make_sink) -> None:
+    rx.respond_with(Response(422, body="bad batch"))
+    outcomes = await make_sink(rx.url, batch=True).write([event(1), event(2)])
+    assert outcomes == [Rejected("HTTP 422: bad batch")] * 2
+
+
+async def test_batch_mode_rejects_only_the_unencodable_event(rx, make_sink) -> None:
+    bad = event(2) | {"properties": {"x": float("nan")}}
+
+    outcomes = await make_sink(rx.url, batch=True).write([event(1), bad, event(3)])
+
+    assert outcomes[0] == outcomes[2] == DELIVERED
+    assert isinstance(outcomes[1], Rejected) and "JSON" in outcomes[1].reason
+    assert rx.bodies == [{"batch": [event(1), event(3)]}]
+    ids = "msg-user-a-1\nmsg-user-a-3"
+    assert rx.requests[0].headers["idempotency-key"] == hashlib.sha256(ids.encode()).hexdigest()
+
+
+async def test_a_failed_event_holds_back_the_later_events_of_its_user(rx, make_sink) -> None:
+    def fail_first_of_a(request: ReceivedRequest) -> int:
+        return 500 if request.json["messageId"] == "msg-user-a-1" else 200
+
+    rx.respond_with(fail_first_of_a)
+    events = [event(1), event(1, "user-b"), event(2), event(2, "user-b"), event(3)]
+
+    outcomes = await make_sink(rx.url).write(events)
+
+    assert isinstance(outcomes[0], Retry) and outcomes[0].reason.startswith("HTTP 500")
+    assert outcomes[1] == outcomes[3] == DELIVERED
+    assert outcomes[2] == outcomes[4] == Retry("an earlier event of this user is not delivered yet")
+    sent = [body["messageId"] for body in rx.bodies]
+    assert "msg-user-a-2" not in sent and "msg-user-a-3" not in sent
+    assert [m for m in sent if "user-b" in m] == ["msg-user-b-1", "msg-user-b-2"]
+
+
+async def test_a_users_events_are_sent_one_at_a_time_in_order(rx, make_sink) -> None:
+    rx.respond_with(Response(200, delay=0.05))
+    events = [event(n) for n in range(5)]
+
+    assert await make_sink(rx.url).write(events) == [DELIVERED] * 5
+
+    assert rx.max_in_flight == 1
+    assert rx.bodies == events
+
+
+async def test_concurrency_limit_is_respected(rx, make_sink) -> None:
+    rx.respond_with(Response(200, delay=0.3))
+    events = [event(1, f"user-{n}") for n in range(12)]
+
+    assert await make_sink(rx.url, max_concurrency=3).write(events) == [DELIVERED] * 12
+
+    assert rx.max_in_flight == 3
+    assert len(rx.requests) == 12
+
+
+async def test_rate_limit_spaces_requests(rx, make_sink) -> None:
+    events = [event(1, f"user-{n}") for n in range(30)]
+    sink = make_sink(rx.url, rate_limit=20)
+
+    started = time.monotonic()
+    assert await sink.write(events) == [DELIVERED] * 30
+
+    # 20 tokens at once, then 10 more at 20/s: at least 0.5 s.
+    assert time.monotonic() - started >= 0.45
+
+
+async def test_a_non_json_event_is_rejected_alone(rx, make_sink) -> None:
+    bad = event(1, "user-b") | {"properties": {"x": float("nan")}}
+    outcomes = await make_sink(rx.url).write([event(1), bad])
+    assert outcomes[0] == DELIVERED
+    assert isinstance(outcomes[1], Rejected) and "JSON" in outcomes[1].reason
+
+
+async def test_empty_write_sends_nothing(rx, make_sink) -> None:
+    assert await make_sink(rx.url).write([]) == []
+    assert rx.requests == []
+
+
+async def test_healthcheck_uses_head_and_never_posts(rx, make_sink) -> None:
+    rx.respond_with(405)  # any answer proves the endpoint is reachable
+    await make_sink(rx.url).healthcheck()
+    assert [r.method for r in rx.requests] == ["HEAD"]
+
+
+async def test_healthcheck_raises_when_unreachable(make_sink) -> None:
+    with pytest.raises(ConnectionError, match="127.0.0.1"):
+        await make_sink(unused_url()).healthcheck()
+
+
+async def test_aclose_closes_only_its_own_client(rx) -> None:
+    async with httpx.AsyncClient() as client:
+        shared = WebhookSink(rx.url, client=client)
+        assert await shared.write([event(1)]) == [DELIVERED]
+        await shared.aclose()
+        assert not client.is_closed
+    own = WebhookSink(rx.url)
+    await own.aclose()
+    assert own._client.is_closed
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("ftp://example.com/hook", {}),
+        ("/relative/hook", {}),
+        ("http://example.com/hook", {"max_concurrency": 0}),
+        ("http://example.com/hook", {"timeout": 0}),
+        ("http://example.com/hook", {"rate_limit": -1}),
+    ],
+)
+def test_bad_settings_fail_at_construction(url: str, options: dict) -> None:
+    with pytest.raises(ValueError):
+        WebhookSink(url, **options)
+
+
+# --- classify ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+def test_classify_2xx_is_delivered(status: int) -> None:
+    assert isinstance(classify(status, {}), Delivered)
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 507, 599])
+def test_classify_transient_statuses_are_retried(status: int) -> None:
+    assert classify(status, {}, "oops") == Retry(f"HTTP {status}: oops")
+
+
+@pytest.mark.parametrize("status", [301, 302, 304, 400, 401, 403, 404, 410, 413, 422, 501, 505])
+def test_classify_permanent_statuses_are_rejected(status: int) -> None:
+    assert classify(status, {}, "  no  ") == Rejected(f"HTTP {status}: no")
+
+
+def test_classify_retry_after_seconds_for_429_and_503() -> None:
+    assert classify(429, {"Retry-After": "7"}) == Retry("HTTP 429", after=7)
+    assert classify(503, {"retry-after": " 120 "}) == Retry("HTTP 503", after=120)
+    assert classify(429, httpx.Headers({"RETRY-AFTER": "1.5"})).after == 1.5  # type: ignore[union-attr]
+
+
+def test_classify_retry_after_http_date() -> None:
+    when = datetime.now(UTC) + timedelta(seconds=30)
+    outcome = classify(503, {"Retry-After": format_datetime(when, usegmt=True)})
+    assert isinstance(outcome, Retry) and outcome.after is not None
+    assert 25 <= outcome.after <= 31
+    past = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    assert classify(429, {"Retry-After": past}) == Retry("HTTP 429", after=0)
+
+
+def test_classify_ignores_bad_or_irrelevant_retry_after() -> None:
+    assert classify(429, {"Retry-After": "soon"}) == Retry("HTTP 429")
+    assert classify(500, {"Retry-After": "7"}) == Retry("HTTP 500")
+
+
+# --- signatures --------------------------------------------------------------------------------
+
+
+def test_signature_scheme_is_hmac_of_timestamp_dot_body() -> None:
+    import hmac
+
+    body = b'{"messageId":"m1"}'
+    header = sign(SECRET, body, timestamp=1_700_000_000)
+    expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={expected}"
+
+
+def test_verify_signature_checks_body_secret_and_age() -> None:
+    body = b'{"messageId":"m1"}'
+    now = int(time.time())
+    assert verify_signature(SECRET, sign(SECRET, body), body)
+    assert verify_signature(SECRET, sign(SECRET, body), body.decode())
+    assert not verify_signature(SECRET, sign(SECRET, body), body + b" ")
+    assert not verify_signature("wrong", sign(SECRET, body), body)
+    assert not verify_signature(SECRET, sign(SECRET, body, timestamp=now - 301), body)
+    assert verify_signature(SECRET, sign(SECRET, body, timestamp=now - 10), body, tolerance=60)
+    rotated = sign("old-secret", body) + "," + sign(SECRET, body).split(",")[1]
+    assert verify_signature(SECRET, rotated, body)
+    for garbage in ["", "t=abc,v1=00", "v1=00", f"t={now}"]:
+        assert not verify_signature(SECRET, garbage, body)
