@@ -1,0 +1,141 @@
+"""YAML loading that remembers line numbers, rejects duplicate keys and expands ``${VAR}``.
+
+PyYAML's plain loaders return dicts and lists without positions, and they silently keep the
+last of two equal keys. The workspace file needs both fixed: every error must name its line,
+and a duplicated pipeline id must not quietly replace the first one. So mappings load as
+:class:`LineDict` (the line of the mapping and of each key) and sequences as :class:`LineList`
+(the line of each item). Lines are 1-based.
+
+``${VAR}`` in string values (never in keys) is replaced by the environment variable, so secrets
+can stay out of the file; ``$$`` is a literal ``$``. An unset variable is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode
+
+__all__ = ["LineDict", "LineList", "YamlError", "load_yaml"]
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class YamlError(Exception):
+    """A problem found while reading the YAML text, at a 1-based line."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+class LineDict(dict[str, Any]):
+    """A mapping that knows its own line and the line of each of its keys."""
+
+    line: int
+    key_lines: dict[str, int]
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class LineList(list[Any]):
+    """A sequence that knows its own line and the line of each item."""
+
+    line: int
+    item_lines: list[int]
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _expand(text: str, line: int, environ: Mapping[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        if not _VAR_NAME.fullmatch(name):
+            raise YamlError(line, f'invalid environment variable reference "${{{name}}}"')
+        if name not in environ:
+            raise YamlError(line, f'environment variable "{name}" is not set')
+        return environ[name]
+
+    return _REFERENCE.sub(replace, text) if "$" in text else text
+
+
+def _own_and_merged_pairs(loader: Any, node: MappingNode) -> tuple[list[Any], list[Any]]:
+    # `<<: *anchor` merges are legal YAML; keys they bring in may be overridden by the mapping's
+    # own keys, so only the mapping's own keys are checked for duplicates.
+    own = [(k, v) for k, v in node.value if k.tag != _MERGE_TAG]
+    loader.flatten_mapping(node)
+    merged = node.value[: len(node.value) - len(own)]
+    return own, merged
+
+
+def _construct_mapping(loader: Any, node: MappingNode) -> LineDict:
+    own, merged = _own_and_merged_pairs(loader, node)
+    data = LineDict()
+    data.line = _line(node)
+    data.key_lines = {}
+    for key_node, value_node in merged:
+        key = _key(key_node)
+        data[key] = loader.construct_object(value_node, deep=True)
+        data.key_lines[key] = _line(key_node)
+    seen: set[Any] = set()
+    for key_node, value_node in own:
+        key = _key(key_node)
+        if key in seen:
+            raise YamlError(_line(key_node), f'duplicate key "{key}"')
+        seen.add(key)
+        data[key] = loader.construct_object(value_node, deep=True)
+        data.key_lines[key] = _line(key_node)
+    return data
+
+
+def _key(node: Node) -> Any:
+    if not isinstance(node, ScalarNode):
+        raise YamlError(_line(node), "mapping keys must be plain values, not lists or mappings")
+    # Keys are taken as written (no ${VAR} expansion): ids are part of the file's structure.
+    return node.value
+
+
+def _construct_sequence(loader: Any, node: Node) -> LineList:
+    data = LineList(loader.construct_object(item, deep=True) for item in node.value)
+    data.line = _line(node)
+    data.item_lines = [_line(item) for item in node.value]
+    return data
+
+
+def _loader_class(environ: Mapping[str, str]) -> type[yaml.SafeLoader]:
+    def construct_str(loader: Any, node: ScalarNode) -> str:
+        return _expand(loader.construct_scalar(node), _line(node), environ)
+
+    class Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+        pass
+
+    Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+    Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+    Loader.add_constructor(_STR_TAG, construct_str)
+    return Loader
+
+
+def load_yaml(text: str, environ: Mapping[str, str]) -> Any:
+    """Load one YAML document; raise :class:`YamlError` (with its line) for any problem."""
+    try:
+        return yaml.load(text, Loader=_loader_class(environ))  # noqa: S506 (a SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        raise YamlError(line, f"invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise YamlError(1, f"invalid YAML: {exc}") from None
