@@ -37,6 +37,25 @@ def _parser() -> argparse.ArgumentParser:
             "the bundled nats-server with file storage in KRENALIS_DATA_DIR (default ./data)."
         ),
     )
+    commands.add_parser(
+        "collector",
+        help="run only the HTTP collector (several may share a port and a NATS)",
+        description="Serve the ingestion endpoints on KRENALIS_HTTP_HOST:KRENALIS_HTTP_PORT.",
+    )
+    worker = commands.add_parser(
+        "worker",
+        help="run only pipeline workers (several processes may share a pipeline)",
+        description="Consume the pipelines of the workspace file and deliver their events.",
+    )
+    worker.add_argument(
+        "--pipeline", action="append", default=[], metavar="ID",
+        help="run only this pipeline (repeat for several); default: every enabled pipeline",
+    )  # fmt: skip
+    commands.add_parser(
+        "init-db",
+        help="create the warehouse tables (krenalis_events and the events view)",
+        description="Create the warehouse tables in the workspace's warehouse (or the embedded one).",
+    )
     return parser
 
 
@@ -64,10 +83,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from krenalis.serve import serve
 
-    return asyncio.run(serve(settings))
+    return _run(serve(settings))
 
 
-COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {"serve": _serve}
+def _collector(settings: Settings, args: argparse.Namespace) -> int:
+    from krenalis.serve import run_collector
+
+    return _run(run_collector(settings))
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from krenalis.serve import run_worker
+
+    return _run(run_worker(settings, set(args.pipeline)))
+
+
+def _init_db(settings: Settings, args: argparse.Namespace) -> int:
+    from krenalis.serve import init_warehouse
+
+    return _run(init_warehouse(settings))
+
+
+def _run(coro) -> int:
+    """Run on uvloop when available: faster sockets for the collector and NATS."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "serve": _serve,
+    "collector": _collector,
+    "worker": _worker,
+    "init-db": _init_db,
+}
 
 
 if __name__ == "__main__":

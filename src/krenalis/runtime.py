@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from dataclasses import replace
 
 from krenalis.config import Settings
@@ -13,7 +12,7 @@ from krenalis.stream.connection import NatsConnection
 from krenalis.stream.embedded import EmbeddedNats
 from krenalis.stream.layout import ensure_streams
 
-__all__ = ["StreamRuntime", "wait_for_signal"]
+__all__ = ["StreamRuntime"]
 
 log = logging.getLogger("krenalis")
 
@@ -58,16 +57,3 @@ def _saved_port(runtime: StreamRuntime) -> int | None:
             s.bind(("127.0.0.1", port))
         return port
     return None
-
-
-async def wait_for_signal() -> int:
-    """Block until SIGINT or SIGTERM; return the signal number."""
-    loop = asyncio.get_running_loop()
-    received: asyncio.Future[int] = loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s))
-    try:
-        return await received
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)

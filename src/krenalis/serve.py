@@ -1,24 +1,223 @@
-"""`krenalis serve`: everything in one process."""
+"""`krenalis serve`, `krenalis collector` and `krenalis worker`: the long-running processes.
+
+`serve` runs everything in one process: the collector (plus KRENALIS_HTTP_WORKERS - 1 collector
+child processes sharing the port) and one worker per enabled pipeline shard. Without
+KRENALIS_NATS_URL it starts the bundled nats-server; without a warehouse in the workspace file
+it starts an embedded PostgreSQL; both live in KRENALIS_DATA_DIR and stop with it.
+SIGHUP reloads the workspace file; SIGINT/SIGTERM stop gracefully.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from krenalis.collector.app import Collector
+from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
-from krenalis.runtime import StreamRuntime, wait_for_signal
+from krenalis.runtime import StreamRuntime
+from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
+from krenalis.stream.layout import ensure_consumer, list_pipeline_consumers, remove_pipeline
+from krenalis.workers import Workers
+from krenalis.workspace import (
+    Workspace,
+    WorkspaceError,
+    generate_write_key,
+    load_workspace,
+    starter_workspace_text,
+)
 
-__all__ = ["serve"]
+__all__ = ["init_warehouse", "run_collector", "run_worker", "serve"]
 
 log = logging.getLogger("krenalis")
 
 
+@dataclass
+class Roles:
+    collector: bool = True
+    workers: bool = True
+    only_pipelines: set[str] = field(default_factory=set)
+    #: serve: create missing consumers and remove those of deleted pipelines.
+    manage_layout: bool = True
+
+
 async def serve(settings: Settings) -> int:
-    runtime = StreamRuntime(settings, name="krenalis-serve")
+    write_starter_workspace(settings.workspace_path, settings.http_port)
+    return await _run(settings, Roles(), "krenalis-serve")
+
+
+async def run_collector(settings: Settings) -> int:
+    return await _run(settings, Roles(workers=False, manage_layout=False), "krenalis-collector")
+
+
+async def run_worker(settings: Settings, pipelines: set[str]) -> int:
+    roles = Roles(collector=False, only_pipelines=pipelines, manage_layout=False)
+    return await _run(settings, roles, "krenalis-worker")
+
+
+async def init_warehouse(settings: Settings) -> int:
+    """`krenalis init-db`: create the tables in the configured (or embedded) warehouse."""
     try:
-        await runtime.start()
-        log.info("Krenalis is ready; press Ctrl+C to stop.")
-        sig = await wait_for_signal()
-        log.info("Stopping.", extra={"signal": sig})
-    finally:
-        await runtime.stop()
+        workspace = _load(settings)
+    except WorkspaceError as exc:
+        print(f"krenalis: {exc}", file=sys.stderr)
+        return 2
+    if workspace.warehouse is not None:
+        await init_db(workspace.warehouse.dsn)
+        print("Warehouse tables are ready.", file=sys.stderr)
+        return 0
+    with EmbeddedPostgres(settings.data_dir / "postgres") as postgres:
+        await init_db(postgres.dsn)
+    print(f"Embedded warehouse tables are ready in {settings.data_dir / 'postgres'}.", file=sys.stderr)
     return 0
+
+
+def write_starter_workspace(path: Path, port: int = 2022) -> None:
+    """First run: write a workspace with a fresh write key and show how to send an event."""
+    if path.exists():
+        return
+    key = generate_write_key()
+    path.write_text(starter_workspace_text(key))
+    os.chmod(path, 0o600)  # it holds a write key
+    print(
+        f"Created {path} with a source \"website\" and a pipeline to the warehouse.\n"
+        f"Its write key is {key}\n"
+        "Send an event once Krenalis is ready:\n"
+        f"  curl -u '{key}:' -H 'Content-Type: application/json' \\\n"
+        "    -d '{\"type\":\"track\",\"event\":\"Hello\",\"userId\":\"u1\"}' "
+        f"http://127.0.0.1:{port}/v1/track\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _load(settings: Settings) -> Workspace:
+    return load_workspace(settings.workspace_path)
+
+
+async def _run(settings: Settings, roles: Roles, name: str) -> int:
+    try:
+        workspace = _load(settings)
+    except WorkspaceError as exc:
+        print(f"krenalis: {exc}", file=sys.stderr)
+        return 2
+    process = _Process(settings, roles, name)
+    try:
+        await process.start(workspace)
+        log.info("Krenalis is ready; press Ctrl+C to stop.")
+        await process.wait()
+    finally:
+        await process.stop()
+    return 0
+
+
+class _Process:
+    def __init__(self, settings: Settings, roles: Roles, name: str) -> None:
+        self.settings = settings
+        self.roles = roles
+        self.runtime = StreamRuntime(settings, name=name)
+        self.postgres: EmbeddedPostgres | None = None
+        self.workers: Workers | None = None
+        self.collector: Collector | None = None
+        self.http: HTTPServer | None = None
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.stop_event = asyncio.Event()
+
+    async def start(self, workspace: Workspace) -> None:
+        conn = await self.runtime.start()
+        self.settings = self.runtime.settings  # now holds the embedded server's URL, if any
+        if self.roles.manage_layout:
+            await self._sync_consumers(workspace)
+        if self.roles.workers:
+            dsn = await self._warehouse(workspace)
+            self.workers = Workers(
+                conn.js, ack_wait=self.settings.nats_ack_wait, warehouse_dsn=dsn,
+                only=self.roles.only_pipelines or None,
+            )  # fmt: skip
+            await self.workers.apply(workspace)
+        if self.roles.collector:
+            await self._start_collector(conn, workspace)
+        self._install_signals()
+
+    async def _warehouse(self, workspace: Workspace) -> str | None:
+        if not any(p.to_warehouse for p in workspace.enabled_pipelines()):
+            return None
+        if workspace.warehouse is not None:
+            dsn = workspace.warehouse.dsn
+        else:
+            self.postgres = EmbeddedPostgres(self.settings.data_dir / "postgres")
+            await asyncio.to_thread(self.postgres.start)
+            dsn = self.postgres.dsn
+        await init_db(dsn)
+        return dsn
+
+    async def _sync_consumers(self, workspace: Workspace) -> None:
+        """Consumers for every pipeline of the file; pipelines gone from it are removed."""
+        js = self.runtime.conn.js  # type: ignore[union-attr]
+        for pipeline in workspace.pipelines.values():
+            for shard in range(pipeline.shards):
+                await ensure_consumer(js, pipeline.id, shard, self.settings.nats_ack_wait)
+        for pipeline_id in await list_pipeline_consumers(js):
+            if pipeline_id not in workspace.pipelines:
+                await remove_pipeline(js, pipeline_id)
+
+    async def _start_collector(self, conn, workspace: Workspace) -> None:
+        self.collector = Collector(conn, workspace, metrics_enabled=self.settings.metrics_enabled)
+        sock = listening_socket(self.settings.http_host, self.settings.http_port)
+        self.http = HTTPServer(self.collector, sock)
+        await self.http.start()
+        for _ in range(self.settings.http_workers - 1):
+            self.children.append(_spawn_collector(self.settings))
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+    async def reload(self) -> None:
+        try:
+            workspace = _load(self.settings)
+        except WorkspaceError as exc:
+            log.error("Workspace not reloaded; keeping the previous one.", extra={"error": str(exc)})
+            return
+        if self.roles.manage_layout:
+            await self._sync_consumers(workspace)
+        if self.workers is not None:
+            if self.workers.warehouse_dsn is None:
+                self.workers.warehouse_dsn = await self._warehouse(workspace)
+            await self.workers.apply(workspace)
+        if self.collector is not None:
+            self.collector.set_workspace(workspace)
+        for child in self.children:
+            child.send_signal(signal.SIGHUP)
+        log.info("Workspace reloaded.", extra={"pipelines": len(workspace.enabled_pipelines())})
+
+    async def wait(self) -> None:
+        await self.stop_event.wait()
+        log.info("Stopping.")
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+        for child in self.children:
+            child.terminate()
+        for child in self.children:
+            await asyncio.to_thread(child.wait)
+        if self.workers is not None:
+            await self.workers.stop_all()
+        await self.runtime.stop()
+        if self.postgres is not None:
+            await asyncio.to_thread(self.postgres.stop)
+
+
+def _spawn_collector(settings: Settings) -> subprocess.Popen[bytes]:
+    """Another collector process on the same port (SO_REUSEPORT), for a second core."""
+    env = {**os.environ, "KRENALIS_NATS_URL": ",".join(settings.nats_urls)}
+    return subprocess.Popen([sys.executable, "-m", "krenalis.cli", "collector"], env=env)

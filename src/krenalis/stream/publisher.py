@@ -20,7 +20,7 @@ from nats.js.errors import APIError, TooManyStalledMsgsError
 from krenalis.stream.backoff import Backoff
 from krenalis.stream.layout import STREAM, subject
 
-__all__ = ["OutMessage", "PublishError", "Publisher", "fnv1a_32", "message_id"]
+__all__ = ["OutMessage", "PublishError", "Publisher", "copy_for", "message_id"]
 
 log = logging.getLogger("krenalis.stream")
 
@@ -38,14 +38,6 @@ class OutMessage:
 
 def message_id(event_message_id: str, pipeline: str) -> str:
     return f"{event_message_id}/{pipeline}"
-
-
-def fnv1a_32(data: bytes) -> int:
-    """FNV-1a 32-bit, the original's shard hash."""
-    h = 0x811C9DC5
-    for byte in data:
-        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return h
 
 
 def copy_for(pipeline: str, shard: int, data: bytes, event_message_id: str) -> OutMessage:

@@ -1,0 +1,254 @@
+"""The collector: Segment-compatible HTTP ingestion that answers only after events are stored.
+
+Endpoints (POST):
+- Krenalis form: /v1/events (a batch envelope, a bare array or a single event) and
+  /v1/events/{track|page|screen|identify|group|alias};
+- Segment form: /v1/batch and /v1/{track|page|screen|identify|group|alias}.
+Plus GET /health, GET /metrics (when enabled) and CORS preflight on every path.
+
+A 200 means every copy of every valid event (one per pipeline that takes it) is stored in the
+EVENTS stream. Invalid events inside a valid request are listed in the answer, not stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from krenalis import metrics
+from krenalis.collector.http import HTTPError, error_body, header, read_body, send_json
+from krenalis.events import EVENT_TYPES, RequestError, decode_request, encode_event
+from krenalis.pipelines.routing import Router
+from krenalis.stream.connection import NatsConnection
+from krenalis.stream.layout import subject
+from krenalis.stream.publisher import OutMessage, Publisher, PublishError, message_id
+from krenalis.workspace import Source, Workspace
+
+__all__ = ["Collector"]
+
+log = logging.getLogger("krenalis.collector")
+
+_TYPED = {f"/v1/{t}": t for t in EVENT_TYPES} | {f"/v1/events/{t}": t for t in EVENT_TYPES}
+_GENERIC = ("/v1/events", "/v1/batch")
+_CORS = [
+    (b"access-control-allow-methods", b"POST, OPTIONS"),
+    (b"access-control-allow-headers", b"Authorization, Content-Type, Content-Encoding"),
+    (b"access-control-allow-credentials", b"true"),
+    (b"access-control-max-age", b"86400"),
+]
+_NO_STORE = [(b"cache-control", b"no-store, max-age=0")]
+_BAD_AUTH = (
+    'Authorization header is invalid; use "Authorization: Bearer <WRITE_KEY>" or HTTP Basic '
+    "auth with the write key as user name and an empty password"
+)
+
+
+class Collector:
+    """The ASGI application. `set_workspace` swaps sources and routes live (reloads)."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        workspace: Workspace,
+        *,
+        metrics_enabled: bool = False,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self.conn = conn
+        self.publisher = publisher or Publisher(conn.js)
+        self.metrics_enabled = metrics_enabled
+        self.set_workspace(workspace)
+
+    def set_workspace(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.router = Router(workspace)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"].rstrip("/") or "/"
+        method = scope["method"]
+        origin = [(b"access-control-allow-origin", (header(scope, b"origin") or "*").encode())]
+        if method == "OPTIONS":
+            await _empty(send, 204, origin + _CORS)
+        elif path == "/health" and method in ("GET", "HEAD"):
+            await self._health(send)
+        elif path == "/metrics" and self.metrics_enabled and method == "GET":
+            await _metrics(send)
+        elif path in _TYPED or path in _GENERIC:
+            await self._ingest(scope, receive, send, _TYPED.get(path), origin)
+        else:
+            await send_json(send, 404, error_body("NotFound", f"no endpoint at {path}"))
+
+    async def _health(self, send: Callable) -> None:
+        usable = self.conn.usable
+        body = {"status": "ok" if usable else "unavailable", "stream": usable}
+        await send_json(send, 200 if usable else 503, body)
+
+    async def _ingest(
+        self, scope: dict, receive: Callable, send: Callable, event_type: str | None, cors: list
+    ) -> None:
+        started = time.perf_counter()
+        headers = cors + _NO_STORE
+        try:
+            if scope["method"] != "POST":
+                raise HTTPError(405, "MethodNotAllowed", "use POST", [(b"allow", b"POST, OPTIONS")])
+            status, body = await self._handle(scope, receive)
+        except HTTPError as exc:
+            status, body = exc.status, error_body(exc.code, exc.message)
+            headers += exc.headers
+        except ConnectionResetError:
+            return  # the client went away; nothing to answer
+        metrics.REQUESTS.labels(str(status)).inc()
+        metrics.REQUEST_LATENCY.observe(time.perf_counter() - started)
+        await send_json(send, status, body, headers)
+
+    async def _handle(self, scope: dict, receive: Callable) -> tuple[int, dict]:
+        _check_content_type(header(scope, b"content-type"))
+        source = self._source_from_header(scope)
+        body = await read_body(scope, receive)
+        received_at = datetime.now(UTC)
+        try:
+            decoded = decode_request(
+                body,
+                event_type=_event_type(scope),
+                received_at=received_at,
+                remote_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
+                forwarded_for=header(scope, b"x-forwarded-for"),
+            )
+        except RequestError as exc:
+            raise HTTPError(exc.status, exc.code, exc.message) from None
+        source = source or self._source_from_body(decoded.write_key)
+        if not await self.conn.wait_usable():
+            raise _unavailable("the event stream (NATS) is not reachable right now")
+        stored = await self._publish(source, decoded.events)
+        return 200, _answer(source, decoded, stored)
+
+    def _source_from_header(self, scope: dict) -> Source | None:
+        raw = header(scope, b"authorization")
+        if raw is None:
+            return None
+        key = _key_from_authorization(raw)
+        source = self.workspace.source_by_write_key(key)
+        if source is None:
+            raise HTTPError(401, "Unauthorized", "the write key in the Authorization header is not valid")
+        return source
+
+    def _source_from_body(self, write_key: str | None) -> Source:
+        if not write_key:
+            raise HTTPError(
+                401, "Unauthorized",
+                "write key is missing: send it as \"Authorization: Bearer <WRITE_KEY>\", as HTTP "
+                "Basic user name, or as \"writeKey\" in the body",
+            )  # fmt: skip
+        source = self.workspace.source_by_write_key(write_key)
+        if source is None:
+            raise HTTPError(401, "Unauthorized", "the write key in the request body does not exist")
+        return source
+
+    async def _publish(self, source: Source, events: list[dict]) -> int:
+        copies: list[OutMessage] = []
+        per_pipeline: dict[str, int] = {}
+        for event in events:
+            event["connectionId"] = source.id
+            targets = self.router.route(source.id, event)
+            if not targets:
+                continue
+            data = encode_event(event)
+            for pipeline, shard in targets:
+                copies.append(
+                    OutMessage(subject(pipeline, shard), data, message_id(event["messageId"], pipeline))
+                )
+                per_pipeline[pipeline] = per_pipeline.get(pipeline, 0) + 1
+        if copies:
+            try:
+                await self.publisher.publish(copies)
+            except PublishError as exc:
+                log.warning("Events not stored; answering 503.", extra={"error": str(exc)})
+                raise _unavailable(str(exc)) from None
+        for pipeline, count in per_pipeline.items():
+            metrics.PUBLISHED.labels(pipeline).inc(count)
+        return len(copies)
+
+
+def _event_type(scope: dict) -> str | None:
+    return _TYPED.get(scope["path"].rstrip("/"))
+
+
+def _check_content_type(value: str | None) -> None:
+    # Browsers send text/plain to avoid a CORS preflight; both carry JSON.
+    if value is None:
+        return
+    media, _, params = value.partition(";")
+    if media.strip().lower() not in ("application/json", "text/plain", ""):
+        raise HTTPError(
+            415, "UnsupportedMediaType",
+            f"request's content type must be 'application/json' or 'text/plain', not {media.strip()!r}",
+        )  # fmt: skip
+    charset = params.strip().lower().removeprefix("charset=").strip('"')
+    if params.strip() and charset not in ("utf-8", "utf8"):
+        raise HTTPError(415, "UnsupportedMediaType", "request's content type charset must be 'utf-8'")
+
+
+def _key_from_authorization(raw: str) -> str:
+    scheme, _, value = raw.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise HTTPError(400, "BadRequest", _BAD_AUTH) from None
+        return decoded.partition(":")[0]
+    raise HTTPError(400, "BadRequest", _BAD_AUTH)
+
+
+def _unavailable(message: str) -> HTTPError:
+    return HTTPError(503, "ServiceUnavailable", message, [(b"retry-after", b"2")])
+
+
+def _answer(source: Source, decoded: Any, stored: int) -> dict[str, Any]:
+    metrics.RECEIVED.labels(source.id).inc(len(decoded.events))
+    answer: dict[str, Any] = {"success": True, "accepted": len(decoded.events), "stored": stored}
+    if decoded.rejected:
+        metrics.REJECTED.labels(source.id).inc(len(decoded.rejected))
+        answer["rejected"] = [{"index": r.index, "reason": r.reason} for r in decoded.rejected]
+    return answer
+
+
+async def _empty(send: Callable, status: int, headers: list) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _metrics(send: Callable) -> None:
+    data = generate_latest()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _lifespan(receive: Callable, send: Callable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,108 @@
+"""Small ASGI helpers for the collector: reading a bounded (maybe gzipped) body, JSON answers."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import msgspec
+
+from krenalis.events import MAX_BODY_BYTES
+
+__all__ = ["HTTPError", "read_body", "send_json", "header"]
+
+Scope = dict[str, Any]
+
+_encoder = msgspec.json.Encoder()
+
+
+class HTTPError(Exception):
+    """A request-level error answered as {"error": {"code", "message"}}."""
+
+    def __init__(self, status: int, code: str, message: str, headers: list | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or []
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (names are lower-case in ASGI)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def too_large() -> HTTPError:
+    return HTTPError(
+        413, "PayloadTooLarge", f"request body is larger than {MAX_BODY_BYTES} bytes"
+    )
+
+
+async def read_body(scope: Scope, receive: Any) -> bytes:
+    """The request body, gunzipped if needed; at most MAX_BODY_BYTES after decompression.
+
+    A gzip bomb is refused as soon as its output passes the limit, without inflating the rest.
+    """
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_large()
+    encoding = (header(scope, b"content-encoding") or "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise HTTPError(
+            415, "UnsupportedMediaType",
+            f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
+        )  # fmt: skip
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+    parts: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError("client disconnected")
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        if inflater is not None:
+            chunk = _inflate(inflater, chunk, MAX_BODY_BYTES + 1 - size)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large()
+        parts.append(chunk)
+    if inflater is not None and not inflater.eof:
+        raise HTTPError(415, "UnsupportedMediaType", "request body is not valid gzip data")
+    return b"".join(parts)
+
+
+def _inflate(inflater: Any, chunk: bytes, room: int) -> bytes:
+    try:
+        out = inflater.decompress(chunk, room)
+    except zlib.error:
+        raise HTTPError(
+            415, "UnsupportedMediaType", "request body is not valid gzip data"
+        ) from None
+    if inflater.unconsumed_tail:  # more output is waiting than the limit allows
+        raise too_large()
+    return out
+
+
+async def send_json(send: Any, status: int, body: Any, headers: list | None = None) -> None:
+    data = _encoder.encode(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}

@@ -1,0 +1,239 @@
+"""The pipeline worker: fetch -> batch -> sink -> ack / retry / dead-letter.
+
+One worker consumes one pipeline shard. It is the only place where a sink's outcomes become
+NATS acknowledgements:
+- Delivered: ack (the message leaves EVENTS);
+- Retry: keep the message (heartbeats stop NATS from redelivering it) and try again after an
+  exponential backoff with jitter (1 s doubling to 5 min, or the sink's Retry-After), until the
+  pipeline's retry window (default 4 h, counted from when the event entered the stream) ends;
+- Rejected, or the window ended: store a dead letter in EVENTS_DLQ, then term the message.
+
+Per-user order: once an event of a user waits for a retry, that user's later events wait behind
+it, so a destination never sees a user's events out of order. Other users are not held up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from nats.js import JetStreamContext
+
+from krenalis import metrics
+from krenalis.events import InvalidEvent, decode_event
+from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry, Sink
+from krenalis.stream.consumer import Delivery, PipelineConsumer
+from krenalis.stream.deadletters import dead_letter
+
+__all__ = ["WorkerSettings", "PipelineWorker", "retry_delay"]
+
+log = logging.getLogger("krenalis.worker")
+
+RETRY_BASE = 1.0
+RETRY_CAP = 300.0
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before retry number `attempt` (1, 2, ...): 1 s doubling to 5 min, jittered."""
+    ceiling = min(RETRY_CAP, RETRY_BASE * 2 ** min(attempt - 1, 30))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    batch_max_events: int = 1000
+    batch_max_wait: float = 0.5
+    retry_window: float = 4 * 3600.0
+    ack_wait: float = 30.0
+    #: Most events one worker holds (fetched, not settled) before it stops fetching.
+    max_held: int = 10_000
+
+
+@dataclass
+class _Held:
+    """A fetched event waiting for its sink."""
+
+    delivery: Delivery
+    event: dict
+    user: str
+    attempts: int = 0
+    not_before: float = 0.0
+    last_reason: str = field(default="")
+
+
+class PipelineWorker:
+    """Runs one pipeline shard until stopped."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        pipeline: str,
+        sink: Sink,
+        *,
+        shard: int = 0,
+        settings: WorkerSettings | None = None,
+    ) -> None:
+        self.js = js
+        self.pipeline = pipeline
+        self.shard = shard
+        self.sink = sink
+        self.settings = settings or WorkerSettings()
+        self.consumer = PipelineConsumer(js, pipeline, shard, ack_wait=self.settings.ack_wait)
+        self.held: list[_Held] = []
+        self.last_delivery: float | None = None
+        self.last_error = ""
+        self._stopping = asyncio.Event()
+        self._failing_reason = ""
+
+    async def run(self) -> None:
+        await self.consumer.start()
+        log.info("Worker started.", extra={"pipeline": self.pipeline, "shard": self.shard})
+        try:
+            while not self._stopping.is_set():
+                await self.step()
+        finally:
+            await self.consumer.close()  # hands back what was not settled
+            metrics.IN_FLIGHT.labels(self.pipeline).set(0)
+            log.info("Worker stopped.", extra={"pipeline": self.pipeline, "shard": self.shard})
+
+    def stop(self) -> None:
+        """Finish the batch being written, then stop (the rest is redelivered)."""
+        self._stopping.set()
+
+    async def step(self) -> None:
+        """One round: fetch what is available, write what is due, settle the outcomes."""
+        await self._fetch()
+        batch = self._due_batch()
+        if batch:
+            outcomes = await self._write(batch)
+            await self._settle(batch, outcomes)
+        metrics.IN_FLIGHT.labels(self.pipeline).set(len(self.held))
+
+    async def _fetch(self) -> None:
+        room = min(self.settings.batch_max_events, self.settings.max_held - len(self.held))
+        if room <= 0:
+            await asyncio.sleep(self._wait_for_next_due())
+            return
+        deliveries = await self.consumer.fetch(room, timeout=self._wait_for_next_due())
+        for delivery in deliveries:
+            try:
+                event = decode_event(delivery.data)
+            except InvalidEvent as exc:
+                await self._dead_letter(_Held(delivery, {}, ""), f"invalid event data: {exc}")
+                continue
+            user = event.get("anonymousId") or event.get("userId") or ""
+            self.held.append(_Held(delivery, event, user))
+
+    def _wait_for_next_due(self) -> float:
+        """How long a fetch may wait: until the next retry is due, at most the batch wait."""
+        waits = [h.not_before for h in self.held if h.not_before]
+        if len(waits) < len(self.held):
+            return 0.05  # something is due now: only pick up what is already there
+        if not waits:
+            return self.settings.batch_max_wait
+        return max(0.05, min(self.settings.batch_max_wait, min(waits) - time.monotonic()))
+
+    def _due_batch(self) -> list[_Held]:
+        """Due events in fetch order, skipping users whose earlier event waits for a retry."""
+        now = time.monotonic()
+        waiting_users: set[str] = set()
+        batch: list[_Held] = []
+        for held in self.held:
+            if held.user in waiting_users:
+                continue
+            if held.not_before > now:
+                waiting_users.add(held.user)
+                continue
+            batch.append(held)
+            if len(batch) >= self.settings.batch_max_events:
+                break
+        return batch
+
+    async def _write(self, batch: list[_Held]) -> list[Outcome]:
+        try:
+            outcomes = await self.sink.write([h.event for h in batch])
+        except Exception as exc:  # a sink that raises means "retry them all"
+            reason = str(exc) or type(exc).__name__
+            return [Retry(reason)] * len(batch)
+        if len(outcomes) != len(batch):
+            return [Retry("the sink answered for a different number of events")] * len(batch)
+        return outcomes
+
+    async def _settle(self, batch: list[_Held], outcomes: list[Outcome]) -> None:
+        done: set[int] = set()
+        now = time.time()
+        for held, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Delivered):
+                await held.delivery.ack()
+                metrics.DELIVERED.labels(self.pipeline).inc()
+                _observe_latency(self.pipeline, held.event, now)
+                done.add(id(held))
+            elif isinstance(outcome, Rejected):
+                metrics.FAILED.labels(self.pipeline).inc()
+                await self._dead_letter(held, outcome.reason)
+                done.add(id(held))
+            elif await self._schedule_retry(held, outcome):
+                done.add(id(held))
+        self.held = [h for h in self.held if id(h) not in done]
+        self._note_health(outcomes)
+
+    async def _schedule_retry(self, held: _Held, outcome: Retry) -> bool:
+        """Plan the next attempt; dead-letter and return True once the window has passed."""
+        held.attempts += 1
+        held.last_reason = outcome.reason
+        age = time.time() - held.delivery.stored_at.timestamp()
+        if age >= self.settings.retry_window:
+            reason = f"retry window of {self.settings.retry_window:g}s ended: {outcome.reason}"
+            await self._dead_letter(held, reason)
+            return True
+        delay = outcome.after if outcome.after is not None else retry_delay(held.attempts)
+        held.not_before = time.monotonic() + delay
+        metrics.RETRIED.labels(self.pipeline).inc()
+        return False
+
+    async def _dead_letter(self, held: _Held, reason: str) -> None:
+        delivery = held.delivery
+        await dead_letter(
+            self.js,
+            pipeline=self.pipeline,
+            shard=self.shard,
+            data=delivery.data,
+            reason=reason,
+            attempts=max(held.attempts, 1),
+            first_attempt=delivery.stored_at,
+            stream_seq=delivery.stream_seq,
+        )
+        await delivery.term(reason)
+        metrics.DEAD_LETTERED.labels(self.pipeline).inc()
+        log.warning(
+            "Event dead-lettered.",
+            extra={"pipeline": self.pipeline, "reason": reason, "seq": delivery.stream_seq},
+        )
+
+    def _note_health(self, outcomes: list[Outcome]) -> None:
+        """Log once when deliveries start failing (or the reason changes) and once on recovery."""
+        retry = next((o for o in outcomes if isinstance(o, Retry)), None)
+        if any(isinstance(o, Delivered) for o in outcomes):
+            self.last_delivery = time.time()
+        if retry is not None and retry.reason != self._failing_reason:
+            self._failing_reason = self.last_error = retry.reason
+            log.warning(
+                "Deliveries are failing; retrying.",
+                extra={"pipeline": self.pipeline, "reason": retry.reason},
+            )
+        elif retry is None and self._failing_reason and outcomes:
+            self._failing_reason = ""
+            log.info("Deliveries recovered.", extra={"pipeline": self.pipeline})
+
+
+def _observe_latency(pipeline: str, event: dict, now: float) -> None:
+    received = event.get("receivedAt")
+    if isinstance(received, str):
+        with contextlib.suppress(ValueError):
+            at = datetime.fromisoformat(received).replace(tzinfo=UTC).timestamp()
+            metrics.E2E_LATENCY.labels(pipeline).observe(max(0.0, now - at))

@@ -1,0 +1,137 @@
+"""Running one worker per enabled pipeline shard, and following workspace changes live."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+
+from krenalis.sinks.base import Sink
+from krenalis.sinks.file import FileSink
+from krenalis.sinks.warehouse import WarehouseSink
+from krenalis.sinks.webhook import WebhookSink
+from krenalis.stream.backoff import Backoff
+from krenalis.worker import PipelineWorker, WorkerSettings
+from krenalis.workspace import Pipeline, Workspace
+
+__all__ = ["Workers", "make_sink"]
+
+log = logging.getLogger("krenalis.worker")
+
+
+def make_sink(pipeline: Pipeline, workspace: Workspace, warehouse_dsn: str | None) -> Sink:
+    if pipeline.to_warehouse:
+        if not warehouse_dsn:
+            raise ValueError(f"pipeline {pipeline.id!r} writes to the warehouse, but none is set")
+        return WarehouseSink(warehouse_dsn)
+    dest = workspace.destinations[pipeline.to]
+    if dest.type == "webhook":
+        return WebhookSink(
+            dest.url or "",
+            secret=dest.secret,
+            batch=dest.batch,
+            timeout=dest.timeout,
+            max_concurrency=dest.max_concurrency,
+            rate_limit=dest.rate_limit,
+            headers=dict(dest.headers) or None,
+        )
+    return FileSink(dest.path or "")
+
+
+@dataclass
+class _Running:
+    worker: PipelineWorker
+    task: asyncio.Task[None]
+    fingerprint: object
+
+
+class Workers:
+    """The set of running workers of this process."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        ack_wait: float,
+        warehouse_dsn: str | None,
+        only: set[str] | None = None,
+    ) -> None:
+        self.js = js
+        self.ack_wait = ack_wait
+        self.warehouse_dsn = warehouse_dsn
+        self.only = only
+        self.running: dict[tuple[str, int], _Running] = {}
+
+    def wanted(self, workspace: Workspace) -> dict[tuple[str, int], object]:
+        wanted: dict[tuple[str, int], object] = {}
+        for pipeline in workspace.enabled_pipelines():
+            if self.only and pipeline.id not in self.only:
+                continue
+            dest = workspace.destinations.get(pipeline.to)
+            for shard in range(pipeline.shards):
+                wanted[(pipeline.id, shard)] = (pipeline, dest, self.warehouse_dsn)
+        return wanted
+
+    async def apply(self, workspace: Workspace) -> None:
+        """Stop workers of removed, disabled or changed pipelines; start the missing ones."""
+        wanted = self.wanted(workspace)
+        for key, running in list(self.running.items()):
+            if wanted.get(key) != running.fingerprint:
+                await self._stop(key)
+        for key, fingerprint in wanted.items():
+            if key not in self.running:
+                self._start(workspace, key, fingerprint)
+
+    def _start(self, workspace: Workspace, key: tuple[str, int], fingerprint: object) -> None:
+        pipeline = workspace.pipelines[key[0]]
+        settings = WorkerSettings(
+            batch_max_events=pipeline.batch_max_events or 1000,
+            batch_max_wait=pipeline.batch_max_wait or 0.5,
+            retry_window=pipeline.retry_window,
+            ack_wait=self.ack_wait,
+        )
+        sink = make_sink(pipeline, workspace, self.warehouse_dsn)
+        worker = PipelineWorker(self.js, pipeline.id, sink, shard=key[1], settings=settings)
+        task = asyncio.create_task(_supervise(worker), name=f"worker-{key[0]}-{key[1]}")
+        self.running[key] = _Running(worker, task, fingerprint)
+
+    async def _stop(self, key: tuple[str, int]) -> None:
+        running = self.running.pop(key)
+        running.worker.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(running.task), 30)
+        except TimeoutError:
+            running.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running.task
+        await running.worker.sink.aclose()
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self._stop(key) for key in list(self.running)))
+
+
+async def _supervise(worker: PipelineWorker) -> None:
+    """Run a worker; if it crashes (NATS gone for long, a bug), log it and start it again."""
+    backoff = Backoff(base=1.0, cap=60.0)
+    while True:
+        try:
+            await worker.run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            worker.last_error = str(exc) or type(exc).__name__
+            log.error(
+                "Worker crashed; restarting.",
+                extra={"pipeline": worker.pipeline, "error": worker.last_error},
+                exc_info=True,
+            )
+            await backoff.wait()
+            await asyncio.sleep(1.0)
+            worker.consumer = type(worker.consumer)(
+                worker.js, worker.pipeline, worker.shard, ack_wait=worker.settings.ack_wait
+            )
+            worker.held = []
