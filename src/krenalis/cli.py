@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         help="create the warehouse tables (krenalis_events and the events view)",
         description="Create the warehouse tables in the workspace's warehouse (or the embedded one).",
     )
+    from krenalis.ops.commands import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -65,12 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().print_help()
         return 2
     try:
-        settings = load_settings()
+        settings = load_settings() if getattr(args, "needs_settings", True) else Settings()
     except ConfigError as exc:
         print(f"krenalis: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
-    handler = COMMANDS[args.command]
+    handler = getattr(args, "handler", None) or COMMANDS[args.command]
     try:
         return handler(settings, args)
     except (NatsAuthError, ServerTooOldError) as exc:
