@@ -1,0 +1,30 @@
+"""The event model: request decoding, validation, enrichment and the stream's wire form."""
+
+from __future__ import annotations
+
+from .decode import (
+    EVENT_TYPES,
+    MAX_BATCH_EVENTS,
+    MAX_BODY_BYTES,
+    MAX_EVENT_BYTES,
+    DecodedRequest,
+    Rejection,
+    decode_event,
+    decode_request,
+    encode_event,
+)
+from .errors import InvalidEvent, RequestError
+
+__all__ = [
+    "EVENT_TYPES",
+    "MAX_BATCH_EVENTS",
+    "MAX_BODY_BYTES",
+    "MAX_EVENT_BYTES",
+    "DecodedRequest",
+    "InvalidEvent",
+    "Rejection",
+    "RequestError",
+    "decode_event",
+    "decode_request",
+    "encode_event",
+]

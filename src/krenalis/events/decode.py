@@ -1,0 +1,344 @@
+"""Request decoding: from an HTTP body to validated, enriched events ready for the stream.
+
+Duplicate JSON keys: msgspec keeps the last value of a repeated key, and so do we. The original
+refuses them ("property '<n>' is specified multiple times"), but detecting them would need a
+token-level parser in Python on the hot path, which costs far more than the check is worth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+from .context import decode_context
+from .errors import EventError, InvalidEvent, RequestError
+from .event import EVENT_TYPES, RequestState, build_event
+from .ip import client_address
+from .timestamps import parse_timestamp, to_utc
+
+__all__ = [
+    "EVENT_TYPES",
+    "MAX_BATCH_EVENTS",
+    "MAX_BODY_BYTES",
+    "MAX_EVENT_BYTES",
+    "DecodedRequest",
+    "Rejection",
+    "decode_event",
+    "decode_request",
+    "encode_event",
+]
+
+MAX_BODY_BYTES = 500 * 1024  # request body limit (after decompression), enforced by the collector
+MAX_EVENT_BYTES = 32 * 1024  # limit on the size of one event's JSON in the request
+MAX_BATCH_EVENTS = 20_000
+
+_BATCH_TYPE_MISSING = "property 'type' is required for a batch request"
+_SINGLE_TYPE_MISSING = "property 'type' is required for a single-event request"
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+_WHITESPACE = b" \t\r\n"
+_JSON_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+_KINDS = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+_decode_json = msgspec.json.Decoder().decode
+_encode_json = msgspec.json.Encoder().encode
+
+
+class _BatchSpans(msgspec.Struct):
+    """Second look at an envelope, only to learn the size in bytes of each event."""
+
+    batch: list[msgspec.Raw]
+
+
+_decode_spans = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_decode_envelope_spans = msgspec.json.Decoder(_BatchSpans).decode
+
+
+@dataclass
+class Rejection:
+    """An event of the request that was refused, and why."""
+
+    index: int  # position in the batch (0 for a single event)
+    reason: str
+
+
+@dataclass
+class DecodedRequest:
+    """The outcome of decoding a request body."""
+
+    events: list[dict]  # valid, enriched events in wire form, ready to publish
+    rejected: list[Rejection]
+    write_key: str | None  # the body's "writeKey", None if absent
+    connection_id: str | None = None  # the body's "connectionId" (API-key auth)
+
+
+def _parse_json(body: bytes) -> object:
+    try:
+        return _decode_json(body)
+    except _JSON_ERRORS as exc:
+        raise RequestError(f"error parsing the request body as JSON: {_json_detail(exc)}") from None
+
+
+def _json_detail(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not valid UTF-8"
+    message = str(exc)
+    if message == "Input data was truncated":
+        return "it is not terminated"
+    return message.removeprefix("JSON is malformed: ")
+
+
+def _split(
+    parsed: object, body: bytes, event_type: str | None
+) -> tuple[list, list[int] | None, _Envelope, str]:
+    """The events of a body, their sizes (None when all are small), envelope, missing-type text."""
+    if event_type is not None:
+        # A typed endpoint's body is one event; a non-object is rejected as an event, as in
+        # the original.
+        envelope = _Envelope(parsed if type(parsed) is dict else {}, auth_only=True)
+        return [parsed], _single_size(body), envelope, _SINGLE_TYPE_MISSING
+    if type(parsed) is list:
+        _check_count(len(parsed))
+        sizes = _batch_sizes(body, parsed, _decode_spans)
+        return parsed, sizes, _Envelope({}, auth_only=True), _BATCH_TYPE_MISSING
+    if type(parsed) is not dict:
+        raise RequestError("request's content is not a valid JSON object or array")
+    envelope = _Envelope(parsed, auth_only=False)
+    if envelope.batch is None:
+        return [parsed], _single_size(body), envelope, _SINGLE_TYPE_MISSING
+    _check_count(len(envelope.batch))
+    sizes = _batch_sizes(body, envelope.batch, _decode_envelope_spans)
+    return envelope.batch, sizes, envelope, _BATCH_TYPE_MISSING
+
+
+def _single_size(body: bytes) -> list[int] | None:
+    return None if len(body) <= MAX_EVENT_BYTES else [len(body.strip(_WHITESPACE))]
+
+
+def _batch_sizes(body: bytes, items: list, decode_spans: Callable) -> list[int] | None:
+    """Byte size of each batch element, or None when no element can exceed the limit.
+
+    Only bodies larger than the limit pay for this second, cheaper pass over the JSON.
+    """
+    if len(body) <= MAX_EVENT_BYTES:
+        return None
+    spans = decode_spans(body)
+    spans = spans if type(spans) is list else spans.batch
+    sizes = [len(span) for span in spans]
+    return sizes if len(sizes) == len(items) else None
+
+
+class _Envelope:
+    """The request-level properties of an object body (batch envelope or single event)."""
+
+    __slots__ = ("batch", "context", "sent_at", "write_key", "connection_id")
+
+    def __init__(self, body: dict, *, auth_only: bool) -> None:
+        self.batch = None
+        self.context = None
+        self.sent_at = None
+        self.write_key = _write_key(body)
+        self.connection_id = _connection_id(body)
+        if auth_only:  # a typed endpoint's body is the event: only the keys that authenticate it
+            return
+        if "batch" in body:
+            self.batch = body["batch"]
+            if type(self.batch) is not list:
+                raise RequestError("property 'batch' is not a valid array")
+        context = body.get("context")
+        if "context" in body and type(context) is not dict:
+            raise RequestError("property 'context' is not a valid object")
+        if self.batch is not None and context is not None:
+            try:
+                self.context = decode_context(context)
+            except EventError as exc:
+                raise RequestError(str(exc)) from None
+        if "sentAt" in body:
+            self.sent_at = _sent_at(body["sentAt"])
+
+
+def _write_key(body: dict) -> str | None:
+    if "writeKey" not in body:
+        return None
+    key = body["writeKey"]
+    if type(key) is not str:
+        raise RequestError("property 'writeKey' is not a valid string")
+    if not key:
+        raise RequestError("property 'writeKey' cannot be empty")
+    return key
+
+
+def _connection_id(body: dict) -> str | None:
+    if "connectionId" not in body:
+        return None
+    value = body["connectionId"]
+    if type(value) is not str:
+        raise RequestError("property 'connectionId' is not a string")
+    if len(value) != 12 or not _BASE58.issuperset(value):
+        raise RequestError("property 'connectionId' is not a valid connection identifier")
+    return value
+
+
+def _sent_at(value: object) -> datetime:
+    if type(value) is not str:
+        raise RequestError("property 'sentAt' is not a valid string")
+    try:
+        return parse_timestamp(value, "sentAt")
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def _check_count(count: int) -> None:
+    if count == 0:
+        raise RequestError("batch must contain at least one event")
+    if count > MAX_BATCH_EVENTS:
+        raise RequestError("batch contains too many events")
+
+
+def decode_request(
+    body: bytes,
+    *,
+    event_type: str | None,
+    received_at: datetime,
+    remote_ip: str,
+    forwarded_for: str | None = None,
+    source_id: str = "",
+    fallback_to_request_ip: bool = True,
+) -> DecodedRequest:
+    """Decode a request body into valid events (wire form) and per-event rejections.
+
+    event_type is the type of a typed endpoint (/v1/track, ...), whose body is one event; None
+    for the generic endpoint, which takes a JSON array, a {"batch": [...]} envelope or a single
+    event object. Raises RequestError when the whole request must be refused.
+    """
+    if event_type is not None and event_type not in EVENT_TYPES:
+        raise RequestError("", status=404, code="NotFound")
+    if not body:
+        raise RequestError("request's body is empty")
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError("Request Entity Too Large", status=413, code="PayloadTooLarge")
+    address = client_address(remote_ip, forwarded_for)
+    received_at = to_utc(received_at)
+    parsed = _parse_json(body)
+
+    items, sizes, envelope, missing_type = _split(parsed, body, event_type)
+    sent_at = envelope.sent_at or received_at
+    state = RequestState(
+        connection_id=source_id,
+        default_type=event_type,
+        missing_type_error=missing_type,
+        received_at=received_at,
+        sent_at=sent_at,
+        default_context=envelope.context,
+        address=address,
+        fallback_to_request_ip=fallback_to_request_ip,
+    )
+    events, rejected = _build_events(items, sizes, state)
+    return DecodedRequest(
+        events=events,
+        rejected=rejected,
+        write_key=envelope.write_key,
+        connection_id=envelope.connection_id,
+    )
+
+
+def _build_events(
+    items: list, sizes: list[int] | None, state: RequestState
+) -> tuple[list[dict], list[Rejection]]:
+    events: list[dict] = []
+    rejected: list[Rejection] = []
+    append = events.append
+    for index, item in enumerate(items):
+        if type(item) is not dict:
+            kind = _KINDS.get(type(item), "value")
+            reason = f"expected an object for the event, but found {kind} instead"
+            rejected.append(Rejection(index, reason))
+            continue
+        if sizes is not None and sizes[index] > MAX_EVENT_BYTES:
+            rejected.append(Rejection(index, f"event is larger than {MAX_EVENT_BYTES} bytes"))
+            continue
+        try:
+            append(build_event(item, state))
+        except EventError as exc:
+            rejected.append(Rejection(index, str(exc)))
+    return events, rejected
+
+
+def encode_event(event: dict) -> bytes:
+    """Serialise an event (wire form) to compact JSON bytes for the stream."""
+    return _encode_json(event)
+
+
+# Consumer-side checks: the wire form written by decode_request.
+_SCHEMA_KEYS = frozenset(
+    (
+        "connectionId",
+        "anonymousId",
+        "channel",
+        "category",
+        "context",
+        "event",
+        "groupId",
+        "messageId",
+        "name",
+        "properties",
+        "receivedAt",
+        "sentAt",
+        "originalTimestamp",
+        "timestamp",
+        "traits",
+        "type",
+        "previousId",
+        "userId",
+    )
+)
+_REQUIRED_STRINGS = (
+    "connectionId",
+    "anonymousId",
+    "messageId",
+    "receivedAt",
+    "sentAt",
+    "originalTimestamp",
+    "timestamp",
+    "type",
+)
+_OPTIONAL_STRINGS = ("channel", "category", "event", "groupId", "name", "previousId", "userId")
+
+
+def decode_event(data: bytes) -> dict:
+    """Parse an event read from the stream; raise InvalidEvent if it is not a valid event."""
+    try:
+        event = _decode_json(data)
+    except _JSON_ERRORS as exc:
+        raise InvalidEvent(f"event is not valid JSON: {_json_detail(exc)}") from None
+    if type(event) is not dict:
+        raise InvalidEvent("event is not a JSON object")
+    unknown = event.keys() - _SCHEMA_KEYS
+    if unknown:
+        raise InvalidEvent(f"event has the unknown property '{min(unknown)}'")
+    for name in _REQUIRED_STRINGS:
+        if type(event.get(name)) is not str:
+            raise InvalidEvent(f"event property '{name}' is missing or not a string")
+    for name in _OPTIONAL_STRINGS:
+        if name in event and type(event[name]) is not str:
+            raise InvalidEvent(f"event property '{name}' is not a string")
+    if event["type"] not in EVENT_TYPES:
+        raise InvalidEvent(f"event type '{event['type']}' is not valid")
+    if type(event.get("traits")) is not dict:
+        raise InvalidEvent("event property 'traits' is missing or not an object")
+    for name in ("properties", "context"):
+        if name in event and type(event[name]) is not dict:
+            raise InvalidEvent(f"event property '{name}' is not an object")
+    return event

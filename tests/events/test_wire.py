@@ -1,0 +1,117 @@
+"""The stream's wire form: encode_event / decode_event, and the package's public surface."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+import krenalis.events
+from krenalis.events import InvalidEvent, decode_event, encode_event
+
+from ._helpers import decode, one, track
+
+FULL_TRACK = track(
+    userId="u-1",
+    channel="browser",
+    messageId="m-1",
+    timestamp="2026-11-26T05:29:00.000Z",
+    properties={"price": 19.99, "tags": ["a", "b"], "big": 2**70, "nested": {"x": None}},
+    context={
+        "sessionId": 1732598942123,
+        "userAgent": "curl/8.5.0",
+        "consents": {"ads": False},
+        "screen": {"width": 390, "density": 3},
+    },
+)
+
+
+def test_encode_is_compact_json_in_schema_order() -> None:
+    data = encode_event(one(FULL_TRACK))
+    assert b'": ' not in data and b', "' not in data
+    keys = list(msgspec.json.decode(data))
+    assert keys == [
+        "connectionId",
+        "anonymousId",
+        "channel",
+        "context",
+        "event",
+        "messageId",
+        "properties",
+        "receivedAt",
+        "sentAt",
+        "originalTimestamp",
+        "timestamp",
+        "traits",
+        "type",
+        "userId",
+    ]
+    assert b'"session":{"id":1732598942123}' in data  # a JSON number, not a string
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        FULL_TRACK,
+        {"type": "identify", "userId": "u", "traits": {"email": "a@example.com"}},
+        {"type": "alias", "userId": "u", "previousId": "p"},
+        {"type": "group", "groupId": "g", "anonymousId": "a"},
+        {"type": "page", "anonymousId": "a", "name": "Home", "category": "Docs"},
+        {"type": "screen", "anonymousId": "a", "name": "Home"},
+    ],
+)
+def test_round_trip(event: dict) -> None:
+    decoded = one(event, source_id="src")
+    assert decode_event(encode_event(decoded)) == decoded
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{",
+        b"[]",
+        b"\xff",
+        b'{"type":"track"}',
+        b'{"kpid":"x"}',
+    ],
+)
+def test_decode_event_refuses_what_is_not_an_event(data: bytes) -> None:
+    with pytest.raises(InvalidEvent):
+        decode_event(data)
+
+
+def test_decode_event_checks_types() -> None:
+    good = one(track())
+    for change in ({"type": "buy"}, {"traits": []}, {"userId": 5}, {"context": "x"}):
+        with pytest.raises(InvalidEvent):
+            decode_event(encode_event({**good, **change}))
+    incomplete = dict(good)
+    del incomplete["messageId"]
+    with pytest.raises(InvalidEvent):
+        decode_event(encode_event(incomplete))
+    assert issubclass(InvalidEvent, ValueError)
+
+
+def test_exported_members() -> None:
+    exported = set(krenalis.events.__all__)
+    assert exported == {
+        "EVENT_TYPES",
+        "MAX_BATCH_EVENTS",
+        "MAX_BODY_BYTES",
+        "MAX_EVENT_BYTES",
+        "DecodedRequest",
+        "InvalidEvent",
+        "Rejection",
+        "RequestError",
+        "decode_event",
+        "decode_request",
+        "encode_event",
+    }
+    assert all(hasattr(krenalis.events, name) for name in exported)
+    assert krenalis.events.EVENT_TYPES == ("track", "page", "screen", "identify", "group", "alias")
+    assert (krenalis.events.MAX_BODY_BYTES, krenalis.events.MAX_EVENT_BYTES) == (512_000, 32_768)
+
+
+def test_every_published_event_decodes() -> None:
+    events = decode([FULL_TRACK, track(), track(context={"ip": "255.255.0.0"})]).events
+    for event in events:
+        assert decode_event(encode_event(event)) == event
