@@ -107,3 +107,30 @@ async def test_removed_pipeline_loses_consumer_and_pending_events(nats_settings)
         assert (await js.stream_info(STREAM)).state.messages == 3
     finally:
         await conn.close()
+
+
+async def test_stream_creation_waits_while_jetstream_is_unavailable(tmp_path, caplog):
+    """A server without JetStream: ensure_streams keeps retrying and says why, once."""
+    import asyncio
+    import logging
+
+    from krenalis.stream.embedded import EmbeddedNats
+
+    server = EmbeddedNats(tmp_path / "nojs", jetstream=False)
+    server.start()
+    settings = settings_for(server.url)
+    conn = NatsConnection(settings)
+    try:
+        await conn.connect(timeout=10)
+        with caplog.at_level(logging.WARNING, logger="krenalis.stream"):
+            task = asyncio.create_task(ensure_streams(conn.js, settings))
+            await asyncio.sleep(2.0)
+            assert not task.done()
+            task.cancel()
+        warnings = [r for r in caplog.records if "Cannot create or update" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "JetStream not enabled" in warnings[0].reason
+        assert not conn.usable
+    finally:
+        await conn.close()
+        server.kill()

@@ -24,7 +24,7 @@ from nats.js.api import (
     StoreCompression,
     StreamConfig,
 )
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from krenalis.config import Settings
 from krenalis.stream.backoff import Backoff
@@ -132,12 +132,14 @@ async def _update_or_create(js: JetStreamContext, config: StreamConfig) -> bool:
 
 
 def _unavailable_reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if "no responders" in text.lower() or "NoRespondersError" in text:
+    # No responders on $JS.API (503): no JetStream server answers, yet.
+    if isinstance(exc, ServiceUnavailableError):
         return "JetStream not enabled; waiting for availability"
-    if "not enabled for account" in text.lower():
+    if isinstance(exc, APIError) and exc.err_code == 10039:
         return "JetStream not enabled for this account; waiting for availability"
-    return text
+    if isinstance(exc, APIError):
+        return f"{exc.description} (code {exc.err_code})"
+    return str(exc) or type(exc).__name__
 
 
 async def ensure_consumer(
