@@ -1,0 +1,277 @@
+"""The PostgreSQL warehouse sink: upserts event batches into ``krenalis_events``.
+
+One write is one transaction: the batch (deduplicated by ``messageId``, the last copy wins) is
+COPYed into a temporary table, then upserted with ``INSERT ... ON CONFLICT (message_id) DO
+UPDATE``. A redelivered event therefore overwrites its row with the same values.
+
+Outcomes:
+
+- every event ``Delivered`` once the transaction has committed;
+- every event ``Retry`` when the database cannot be used right now (connection lost, server
+  shutting down, timeout, serialization failure or deadlock, missing table, ...); the connection
+  is dropped and the next write reconnects. Nothing of the batch is committed (unless the
+  connection broke during COMMIT itself: then the retry rewrites the same rows, harmlessly).
+  A kept connection found dead at the start of a write (server restarted, backend terminated)
+  is replaced once within the same write.
+- ``Rejected`` for single events that cannot be rows (a required field missing, an object where
+  a value belongs) or that PostgreSQL refuses (a value out of range, an invalid IP, an unknown
+  enum label): the others of the batch are still written. The culprits are found with
+  savepoints: COPY names the failing line; otherwise the batch is split in halves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+
+import psycopg
+from psycopg import sql
+
+from krenalis.sinks.base import DELIVERED, Event, Outcome, Rejected, Retry
+from krenalis.sinks.warehouse.schema import COLUMNS, MESSAGE_ID, InvalidRow, Row, event_to_row
+
+__all__ = ["InvalidRow", "WarehouseSink", "event_to_row", "is_retriable"]
+
+log = logging.getLogger("krenalis.warehouse")
+
+TEMP_TABLE = "krenalis_batch"
+MAX_REASON = 300
+_COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column (\w+))?")
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether a failed write may succeed later unchanged (everything but a row's own data)."""
+    return not isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
+
+
+def _row_error_reason(exc: psycopg.Error) -> tuple[int | None, str]:
+    """The 1-based COPY line the error points at (if any) and a reason naming the column."""
+    diag = exc.diag
+    match = _COPY_CONTEXT.search(diag.context or "")
+    line = int(match.group(1)) if match else None
+    column = (match.group(2) if match else None) or diag.column_name
+    message = diag.message_primary or str(exc)
+    reason = f"column {column}: {message}" if column else message
+    return line, reason[:MAX_REASON]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:MAX_REASON] if text else type(exc).__name__
+
+
+# -- the sink --------------------------------------------------------------------------------
+
+
+class WarehouseSink:
+    """Writes events into a PostgreSQL table shaped like ``krenalis_events``.
+
+    ``WarehouseSink(dsn)`` connects lazily on the first write. ``timeout`` bounds one whole
+    write (connect, COPY, upsert, commit); past it the events get ``Retry``.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table: str = "krenalis_events",
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._table = sql.Identifier(*table.split("."))
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+        self._statements = _Statements(self._table)
+
+    async def write(self, events: list[Event]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(events)
+        rows: dict[str, Row] = {}
+        owners: dict[str, list[int]] = {}
+        for i, event in enumerate(events):
+            try:
+                row = event_to_row(event)
+            except InvalidRow as exc:
+                outcomes[i] = Rejected(str(exc))
+                continue
+            rows[row[MESSAGE_ID]] = row  # a later copy of a messageId replaces the earlier one
+            owners.setdefault(row[MESSAGE_ID], []).append(i)
+        if rows:
+            result = await self._write_rows(list(rows.values()))
+            for message_id, indexes in owners.items():
+                outcome = result.get(message_id, DELIVERED)
+                for i in indexes:
+                    outcomes[i] = outcome
+        self._log_rejections(outcomes)
+        return [o if o is not None else DELIVERED for o in outcomes]
+
+    async def healthcheck(self) -> None:
+        """Raise if the database cannot be reached: ``SELECT 1`` on the sink's connection."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self._connect_timeout + 5):
+                    conn = await self._connection()
+                    async with conn.transaction():
+                        await conn.execute("SELECT 1")
+            except BaseException:
+                await self._drop_connection()
+                raise
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            await self._drop_connection()
+
+    async def __aenter__(self) -> WarehouseSink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- one write ---------------------------------------------------------------------------
+
+    async def _write_rows(self, rows: list[Row]) -> dict[str, Outcome]:
+        """Write the rows in one transaction; the outcome of each row that is not Delivered."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    rejected = await self._transaction_reconnecting(rows)
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                await self._drop_connection()
+                reason = _describe(exc)
+                if isinstance(exc, TimeoutError):
+                    reason = f"the write did not finish within {self._timeout:g} s"
+                log.warning(
+                    "Cannot write events to the warehouse; they will be retried.",
+                    extra={"reason": reason, "events": len(rows)},
+                )
+                return {row[MESSAGE_ID]: Retry(reason) for row in rows}
+            except BaseException:
+                await self._drop_connection()
+                raise
+        return {message_id: Rejected(reason) for message_id, reason in rejected.items()}
+
+    async def _transaction_reconnecting(self, rows: list[Row]) -> dict[str, str]:
+        """Run the transaction; replace once a kept connection found dead (server restarted)."""
+        reused = self._conn is not None
+        try:
+            return await self._transaction(rows)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            conn = self._conn
+            if not reused or conn is None or not (conn.broken or conn.closed):
+                raise
+            log.info(
+                "The warehouse connection was lost; reconnecting.", extra={"reason": _describe(exc)}
+            )
+        await self._drop_connection()
+        return await self._transaction(rows)
+
+    async def _transaction(self, rows: list[Row]) -> dict[str, str]:
+        conn = await self._connection()
+        rejected: dict[str, str] = {}
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(self._statements.create_temp)
+            await self._write_all(cur, rows, rejected)
+        return rejected
+
+    async def _write_all(
+        self, cur: psycopg.AsyncCursor, rows: list[Row], rejected: dict[str, str]
+    ) -> None:
+        """Write every row that PostgreSQL accepts; record the others in ``rejected``."""
+        pending, first = [rows], True
+        while pending:
+            subset = pending.pop()
+            error = await self._try_subset(cur, subset, truncate=not first)
+            first = False
+            if error is None:
+                continue
+            line, reason = _row_error_reason(error)
+            if len(subset) == 1:
+                rejected[subset[0][MESSAGE_ID]] = reason
+            elif line is not None and 1 <= line <= len(subset):
+                rejected[subset[line - 1][MESSAGE_ID]] = reason
+                pending.append(subset[: line - 1] + subset[line:])
+            else:
+                half = len(subset) // 2
+                pending += [subset[half:], subset[:half]]
+
+    async def _try_subset(
+        self, cur: psycopg.AsyncCursor, rows: list[Row], *, truncate: bool
+    ) -> psycopg.Error | None:
+        """COPY and upsert ``rows`` inside a savepoint; the row-level error, if one occurred."""
+        if not rows:
+            return None
+        try:
+            async with cur.connection.transaction():
+                if truncate:
+                    await cur.execute(self._statements.truncate_temp)
+                async with cur.copy(self._statements.copy) as copy:
+                    for row in rows:
+                        await copy.write_row(row)
+                await cur.execute(self._statements.upsert)
+        except psycopg.Error as exc:
+            if is_retriable(exc):
+                raise
+            return exc
+        return None
+
+    # -- connection --------------------------------------------------------------------------
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        self._conn = await psycopg.AsyncConnection.connect(
+            self._dsn,
+            autocommit=False,
+            connect_timeout=max(1, round(self._connect_timeout)),
+            application_name="krenalis-warehouse",
+        )
+        info = self._conn.info
+        log.info(
+            "Connected to the warehouse.",
+            extra={"host": info.host, "port": info.port, "dbname": info.dbname},
+        )
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    @staticmethod
+    def _log_rejections(outcomes: list[Outcome | None]) -> None:
+        rejected = [o for o in outcomes if isinstance(o, Rejected)]
+        if rejected:
+            log.warning(
+                "The warehouse rejected events.",
+                extra={"rejected": len(rejected), "reason": rejected[0].reason},
+            )
+
+
+class _Statements:
+    """The SQL of a write, composed once per table."""
+
+    def __init__(self, table: sql.Identifier) -> None:
+        temp = sql.Identifier(TEMP_TABLE)
+        names = [c.name for c in COLUMNS]
+        cols = sql.SQL(", ").join(map(sql.Identifier, names))
+        updates = sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n))
+            for n in names
+            if n != "message_id"
+        )
+        self.create_temp = sql.SQL(
+            "CREATE TEMPORARY TABLE {temp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+        ).format(temp=temp, table=table)
+        self.truncate_temp = sql.SQL("TRUNCATE {}").format(temp)
+        self.copy = sql.SQL("COPY {temp} ({cols}) FROM STDIN").format(temp=temp, cols=cols)
+        self.upsert = sql.SQL(
+            "INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} "
+            "ORDER BY message_id ON CONFLICT (message_id) DO UPDATE SET {updates}"
+        ).format(table=table, cols=cols, temp=temp, updates=updates)
