@@ -199,3 +199,13 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+def test_sync_interval():
+    assert load().nats_sync_interval == "always"
+    assert load(KRENALIS_NATS_SYNC_INTERVAL="1s").nats_sync_interval == "1s"
+    assert error_of(KRENALIS_NATS_SYNC_INTERVAL="sometimes") == (
+        'KRENALIS_NATS_SYNC_INTERVAL value "sometimes" is not supported; expected always or a '
+        "positive duration such as 1s or 2m"
+    )
+    assert "KRENALIS_NATS_SYNC_INTERVAL" in error_of(KRENALIS_NATS_SYNC_INTERVAL="0s")

@@ -68,6 +68,8 @@ class Settings:
     nats_compression: str = "none"
     nats_ack_wait: float = DEFAULT_ACK_WAIT
     nats_duplicate_window: float = 120.0
+    #: The embedded server's fsync policy: "always" (fsync before every PubAck) or a duration.
+    nats_sync_interval: str = "always"
     data_dir: Path = Path("data")
     workspace_path: Path = Path("krenalis.yaml")
     http_host: str = "127.0.0.1"
@@ -100,6 +102,7 @@ def load_settings(
         nats_compression=_compression(env.get("KRENALIS_NATS_COMPRESSION", ""), storage),
         nats_ack_wait=_ack_wait(env.get("KRENALIS_NATS_ACK_WAIT", "")),
         nats_duplicate_window=_dup_window(env.get("KRENALIS_NATS_DUPLICATE_WINDOW", "")),
+        nats_sync_interval=_sync_interval(env.get("KRENALIS_NATS_SYNC_INTERVAL", "")),
         data_dir=Path(env.get("KRENALIS_DATA_DIR", "") or "data"),
         workspace_path=Path(env.get("KRENALIS_WORKSPACE", "") or "krenalis.yaml"),
         http_host=env.get("KRENALIS_HTTP_HOST", "") or "127.0.0.1",
@@ -256,6 +259,21 @@ def _dup_window(raw: str) -> float:
     if seconds < 0.1:
         raise ConfigError("KRENALIS_NATS_DUPLICATE_WINDOW must be at least 100ms")
     return seconds
+
+
+def _sync_interval(raw: str) -> str:
+    if raw in ("", "always"):
+        return "always"
+    try:
+        seconds = parse_duration(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ConfigError(
+            f'KRENALIS_NATS_SYNC_INTERVAL value "{raw}" is not supported; expected always or a '
+            "positive duration such as 1s or 2m"
+        )
+    return raw
 
 
 def _port(raw: str) -> int:

@@ -28,7 +28,11 @@ class StreamRuntime:
 
     async def start(self, connect_timeout: float | None = None) -> NatsConnection:
         if self.settings.embedded_nats:
-            self.embedded = EmbeddedNats(self.settings.data_dir / "nats", port=_saved_port(self))
+            self.embedded = EmbeddedNats(
+                self.settings.data_dir / "nats",
+                port=_saved_port(self),
+                sync_interval=self.settings.nats_sync_interval,
+            )
             await asyncio.to_thread(self.embedded.start)
             (self.settings.data_dir / "nats" / "port").write_text(str(self.embedded.port))
             self.settings = replace(self.settings, nats_urls=(self.embedded.url,))
