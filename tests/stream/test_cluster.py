@@ -42,7 +42,7 @@ async def test_stream_leader_killed_while_publishing(nats_cluster):
 
         acked: list[str] = []
         stop = asyncio.Event()
-        publisher = Publisher(conn.js, timeout=2.0, deadline=20.0)
+        publisher = Publisher(conn.nc, timeout=2.0, deadline=20.0)
         task = asyncio.create_task(publish_until(publisher, stop, acked))
         await asyncio.sleep(1.0)
         before_kill = len(acked)

@@ -43,7 +43,7 @@ async def test_unusable_while_server_down_and_back_after_restart(tmp_path):
         server.start()  # same port, same store: the stream is still there
         await wait_for(lambda: conn.nc.is_connected)
         assert await conn.wait_usable()
-        await Publisher(conn.js).publish([copy_for("p", 0, b"x", "after-restart")])
+        await Publisher(conn.nc).publish([copy_for("p", 0, b"x", "after-restart")])
         assert (await conn.js.stream_info(STREAM)).state.messages == 1
     finally:
         await conn.close()
@@ -61,7 +61,7 @@ async def test_publish_waits_through_a_short_outage(tmp_path):
         await ensure_consumer(conn.js, "p", 0, 30)
         server.kill()
         await wait_for(lambda: not conn.nc.is_connected)
-        publisher = Publisher(conn.js, timeout=1.0, deadline=20.0)
+        publisher = Publisher(conn.nc, timeout=1.0, deadline=20.0)
         publishing = asyncio.create_task(publisher.publish([copy_for("p", 0, b"x", "during")]))
         await asyncio.sleep(1.5)
         assert not publishing.done()

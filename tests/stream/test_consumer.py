@@ -22,7 +22,7 @@ async def setup(url: str, pipeline: str, ack_wait: float, count: int = 1):
     await conn.connect(timeout=10)
     await ensure_streams(conn.js, settings)
     await ensure_consumer(conn.js, pipeline, 0, ack_wait)
-    await Publisher(conn.js).publish(
+    await Publisher(conn.nc).publish(
         [copy_for(pipeline, 0, f"e{i}".encode(), f"m{i}") for i in range(count)]
     )
     return conn

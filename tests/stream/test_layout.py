@@ -68,7 +68,7 @@ async def test_one_consumer_per_pipeline_and_one_copy_per_pipeline(nats_settings
         assert info.config.ack_wait == 7
         assert info.config.durable_name == "EVENTS_crm_0"
 
-        publisher = Publisher(js)
+        publisher = Publisher(conn.nc)
         copies = [copy_for(p, 0, b'{"messageId":"m1"}', "m1") for p in ("warehouse", "crm")]
         acks = await publisher.publish(copies)
         assert [a.duplicate for a in acks] == [None, None] or not any(a.duplicate for a in acks)
@@ -83,7 +83,7 @@ async def test_republished_message_id_is_stored_once(nats_settings):
     conn = await connected(nats_settings)
     try:
         await ensure_consumer(conn.js, "wh", 0, ack_wait=5)
-        publisher = Publisher(conn.js)
+        publisher = Publisher(conn.nc)
         first = await publisher.publish([copy_for("wh", 0, b"{}", "same-id")])
         again = await publisher.publish([copy_for("wh", 0, b"{}", "same-id")])
         assert again[0].duplicate and again[0].seq == first[0].seq
@@ -98,7 +98,7 @@ async def test_removed_pipeline_loses_consumer_and_pending_events(nats_settings)
     try:
         for pipeline in ("keep", "gone"):
             await ensure_consumer(js, pipeline, 0, ack_wait=5)
-        publisher = Publisher(js)
+        publisher = Publisher(conn.nc)
         await publisher.publish(
             [copy_for(p, 0, b"{}", f"m{i}") for i in range(3) for p in ("keep", "gone")]
         )

@@ -62,7 +62,7 @@ class Collector:
         publisher: Publisher | None = None,
     ) -> None:
         self.conn = conn
-        self.publisher = publisher or Publisher(conn.js)
+        self.publisher = publisher or Publisher(conn.nc)
         self.metrics_enabled = metrics_enabled
         self.set_workspace(workspace)
 

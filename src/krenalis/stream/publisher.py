@@ -3,19 +3,24 @@
 Each copy carries `Nats-Msg-Id: <messageId>/<pipeline>`, so a client that retries a request
 within the stream's duplicate window does not create a second copy, and our own retries during
 a cluster leader election are safe.
+
+PubAcks come back on one wildcard inbox of ours (what nats-py's publish_async does, without its
+per-message semaphore task, which cost about half of the publishing CPU: see bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass
 
-from nats.errors import ConnectionClosedError
-from nats.js import JetStreamContext
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import PubAck
-from nats.js.errors import APIError, TooManyStalledMsgsError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from krenalis.stream.backoff import Backoff
 from krenalis.stream.layout import STREAM, subject
@@ -23,6 +28,9 @@ from krenalis.stream.layout import STREAM, subject
 __all__ = ["OutMessage", "PublishError", "Publisher", "copy_for", "message_id"]
 
 log = logging.getLogger("krenalis.stream")
+
+#: Copies in flight per publisher before a publish waits for acks (nats-py's default is 4000).
+MAX_IN_FLIGHT = 4096
 
 
 class PublishError(RuntimeError):
@@ -44,6 +52,69 @@ def copy_for(pipeline: str, shard: int, data: bytes, event_message_id: str) -> O
     return OutMessage(subject(pipeline, shard), data, message_id(event_message_id, pipeline))
 
 
+class _AckReply(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool | None = None
+    error: dict | None = None
+
+
+_decode_ack = msgspec.json.Decoder(_AckReply).decode
+
+
+class _AckInbox:
+    """Futures for PubAcks, resolved by replies on `<inbox>.<token>`."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.prefix = ""
+        self.pending: dict[str, asyncio.Future[PubAck]] = {}
+        self.tokens = itertools.count()
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def start(self) -> None:
+        if not self.prefix:
+            self.prefix = self.nc.new_inbox() + "."
+            await self.nc.subscribe(self.prefix + "*", cb=self._on_reply)
+
+    async def send(self, msg: OutMessage) -> asyncio.Future[PubAck]:
+        await self.slots.acquire()
+        token = str(next(self.tokens))
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self._release(token))
+        self.pending[token] = future
+        try:
+            await self.nc.publish(
+                msg.subject, msg.data, reply=self.prefix + token,
+                headers={"Nats-Msg-Id": msg.msg_id},
+            )  # fmt: skip
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    def _release(self, token: str) -> None:
+        self.pending.pop(token, None)
+        self.slots.release()
+
+    async def _on_reply(self, reply: Msg) -> None:
+        future = self.pending.get(reply.subject[len(self.prefix) :])
+        if future is None or future.done():
+            return
+        if reply.headers and reply.headers.get("Status") == "503":
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            ack = _decode_ack(reply.data)
+        except msgspec.DecodeError as exc:
+            future.set_exception(APIError(description=f"invalid PubAck: {exc}"))
+            return
+        if ack.error is not None:
+            future.set_exception(APIError.from_error(ack.error))
+        else:
+            future.set_result(PubAck(stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate))
+
+
 class Publisher:
     """Publish batches of messages and return only when every one is stored.
 
@@ -51,18 +122,18 @@ class Publisher:
     the same id, with backoff, until `deadline` seconds have passed since the call began.
     """
 
-    def __init__(self, js: JetStreamContext, *, timeout: float = 5.0, deadline: float = 10.0):
-        self.js = js
+    def __init__(self, nc: Client, *, timeout: float = 5.0, deadline: float = 10.0) -> None:
+        self.inbox = _AckInbox(nc)
         self.timeout = timeout
         self.deadline = deadline
 
     async def publish(self, messages: list[OutMessage]) -> list[PubAck]:
         """Store every message; raise PublishError if some are still unstored at the deadline."""
+        await self.inbox.start()
         give_up = time.monotonic() + self.deadline
         acks: dict[int, PubAck] = {}
         pending = list(range(len(messages)))
         backoff = Backoff(base=0.1, cap=2.0)
-        last_error = ""
         while pending:
             await backoff.wait()
             failed, last_error = await self._attempt(messages, pending, acks)
@@ -71,8 +142,8 @@ class Publisher:
                     f"{len(failed)} of {len(messages)} event copies were not stored in the "
                     f"{STREAM} stream within {self.deadline:g}s: {last_error}"
                 )
-            if failed and failed != pending:
-                backoff.reset()
+            if failed and len(failed) < len(pending):
+                backoff.reset()  # progress: the server is back, retry the rest at once
             pending = failed
         return [acks[i] for i in range(len(messages))]
 
@@ -83,34 +154,29 @@ class Publisher:
         failed: list[int] = []
         error = ""
         for i in indexes:
-            msg = messages[i]
             try:
-                futures[i] = await self.js.publish_async(
-                    msg.subject, msg.data, wait_stall=self.timeout,
-                    headers={"Nats-Msg-Id": msg.msg_id},
-                )  # fmt: skip
-            except (TooManyStalledMsgsError, ConnectionClosedError, OSError) as exc:
+                futures[i] = await self.inbox.send(messages[i])
+            except Exception as exc:  # closed or broken connection: retried like a lost ack
                 failed.append(i)
                 error = _describe(exc)
         if futures:
             await asyncio.wait(futures.values(), timeout=self.timeout)
-        for i, fut in futures.items():
-            if not fut.done():
-                # Cancelling releases the client's in-flight slot; a late PubAck is ignored.
-                fut.cancel()
+        for i, future in futures.items():
+            if not future.done():
+                future.cancel()  # frees its slot; a late PubAck is ignored
                 failed.append(i)
                 error = f"no PubAck within {self.timeout:g}s"
-            elif fut.exception() is not None:
+            elif future.exception() is not None:
                 failed.append(i)
-                error = _describe(fut.exception())
+                error = _describe(future.exception())
             else:
-                acks[i] = fut.result()
-        if failed:
-            log.debug("Publish attempt incomplete; retrying.", extra={"failed": len(failed)})
+                acks[i] = future.result()
         return sorted(failed), error
 
 
 def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, APIError):
+    if isinstance(exc, APIError) and exc.description:
         return f"{exc.description} (code {exc.err_code})"
+    if isinstance(exc, NoStreamResponseError):
+        return "no response from the stream (no JetStream server or leader available)"
     return str(exc) or type(exc).__name__
