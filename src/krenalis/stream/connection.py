@@ -101,6 +101,11 @@ class NatsConnection:
         self._closing = False
 
     @property
+    def last_error(self) -> str:
+        """The latest connection error, for reports such as `krenalis nats check`."""
+        return self._last_error
+
+    @property
     def servers(self) -> str:
         return _redact(self._options["servers"])
 

@@ -1,0 +1,148 @@
+"""What the operator commands share: the expected-failure error, finding NATS, connecting."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
+
+from krenalis.config import Settings
+from krenalis.stream.connection import NatsAuthError, NatsConnection, ServerTooOldError
+from krenalis.stream.layout import DLQ_PREFIX, DLQ_STREAM
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "OpsError",
+    "check_pipeline_id",
+    "connected",
+    "dead_letter_counts",
+    "human_bytes",
+    "nats_urls",
+    "quiet_logs",
+    "storage_of",
+]
+
+#: Seconds an operator command waits for NATS before saying it is unreachable.
+CONNECT_TIMEOUT = 5.0
+
+_NO_URL = (
+    "KRENALIS_NATS_URL is not set and no embedded nats-server of `krenalis serve` is running "
+    "({port_file} {state}); start `krenalis serve`, or set KRENALIS_NATS_URL=nats://HOST:4222 "
+    "in the environment or in .env"
+)
+
+
+class OpsError(Exception):
+    """An expected failure: one line telling the operator what to do, and the exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def nats_urls(settings: Settings) -> tuple[str, ...]:
+    """KRENALIS_NATS_URL, else the embedded server of a running `krenalis serve`."""
+    if settings.nats_urls:
+        return settings.nats_urls
+    port_file = settings.data_dir / "nats" / "port"  # written by `krenalis serve` (runtime.py)
+    try:
+        port = int(port_file.read_text().strip())
+    except (OSError, ValueError):
+        raise OpsError(_NO_URL.format(port_file=port_file, state="not found"), 2) from None
+    if not _accepting(port):
+        state = f"says port {port}, where nothing listens"
+        raise OpsError(_NO_URL.format(port_file=port_file, state=state), 1)
+    return (f"nats://127.0.0.1:{port}",)
+
+
+def _accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    settings: Settings, urls: tuple[str, ...], timeout: float = CONNECT_TIMEOUT
+) -> AsyncIterator[NatsConnection]:
+    """A connection for one command, with every connect failure turned into an OpsError."""
+    conn = NatsConnection(settings, urls, name="krenalis-ops")
+    try:
+        await conn.connect(timeout=timeout)
+    except TimeoutError:
+        # NatsConnection keeps the client's last error (e.g. "Connect call failed") privately.
+        last = conn.last_error
+        raise OpsError(
+            f"cannot connect to NATS at {conn.servers} within {timeout:g}s"
+            + (f" ({last})" if last else "")
+            + "; is nats-server running and reachable? Check KRENALIS_NATS_URL"
+        ) from None
+    except (NatsAuthError, ServerTooOldError) as exc:
+        with contextlib.suppress(Exception):
+            await conn.nc.close()
+        raise OpsError(str(exc)) from None
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def quiet_logs(level: str) -> Iterator[None]:
+    """Keep INFO/WARNING lines (connects, retries, HTTP requests) out of a command's output.
+
+    The command reports what matters itself; KRENALIS_LOG_LEVEL=debug shows everything.
+    """
+    if level == "DEBUG":
+        yield
+        return
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
+
+def check_pipeline_id(pipeline: str | None) -> str | None:
+    """Pipeline ids are letters, digits, "-" and "_"; anything else would be a NATS wildcard."""
+    if pipeline is not None and (
+        not pipeline or not all(c.isascii() and (c.isalnum() or c in "-_") for c in pipeline)
+    ):
+        raise OpsError(f"{pipeline!r} is not a pipeline id (letters, digits, '-' and '_' only)", 2)
+    return pipeline
+
+
+def storage_of(config: StreamConfig) -> str:
+    """ "file" or "memory"; nats-py leaves the enum as a plain string in server answers."""
+    storage = config.storage or "file"
+    return str(getattr(storage, "value", storage))
+
+
+def human_bytes(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    size = count / 1024
+    for unit in ("KB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+async def dead_letter_counts(js: JetStreamContext) -> dict[str, int]:
+    """Dead letters per pipeline, counted by the server (one request, no message read)."""
+    try:
+        info = await js.stream_info(DLQ_STREAM, subjects_filter=f"{DLQ_PREFIX}.>")
+    except NotFoundError:
+        return {}
+    prefix = DLQ_PREFIX + "."
+    return {subj.removeprefix(prefix): n for subj, n in (info.state.subjects or {}).items()}

@@ -1,0 +1,252 @@
+"""`krenalis status`: the EVENTS stream and, per pipeline, what waits, what is in flight, what failed.
+
+Pipelines come from the consumers `EVENTS_<pipeline>_<shard>` (shards are summed), joined with
+the workspace file when it loads, so a pipeline without a consumer yet, or a consumer whose
+pipeline left the file, shows up too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
+from nats.js.errors import NotFoundError
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from krenalis.config import Settings
+from krenalis.ops._common import (
+    OpsError,
+    connected,
+    dead_letter_counts,
+    human_bytes,
+    nats_urls,
+    storage_of,
+)
+from krenalis.stream.layout import STREAM, consumer_name, list_pipeline_consumers
+from krenalis.workspace import Workspace, WorkspaceError, load_workspace
+
+__all__ = ["collect", "status", "watch"]
+
+_COUNTS = ("pending", "in_flight", "redelivered", "dead_letters")
+
+
+def status(settings: Settings, args: argparse.Namespace) -> int:
+    if args.watch is not None and args.watch <= 0:
+        raise OpsError("--watch needs a number of seconds greater than 0", 2)
+    urls = nats_urls(settings)
+    try:
+        return asyncio.run(_run(settings, urls, args))
+    except KeyboardInterrupt:
+        return 0 if args.watch else 130  # Ctrl+C is how a watch ends
+
+
+async def _run(settings: Settings, urls: tuple[str, ...], args: argparse.Namespace) -> int:
+    async with connected(settings, urls) as conn:
+        if args.watch is not None:
+            await watch(conn.js, settings, args.watch, as_json=args.json)
+            return 0
+        snapshot = await collect(conn.js, settings)
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        Console().print(render(snapshot))
+    return 0
+
+
+async def watch(
+    js: JetStreamContext,
+    settings: Settings,
+    interval: float,
+    *,
+    as_json: bool = False,
+    iterations: int | None = None,
+    console: Console | None = None,
+) -> None:
+    """Refresh every `interval` seconds (for ever, or `iterations` times); JSON: one line each."""
+    console = console or Console()
+    done = 0
+    live = None if as_json else Live(console=console, auto_refresh=False)
+    with live or contextlib.nullcontext():
+        while iterations is None or done < iterations:
+            try:
+                snapshot: dict[str, Any] = await collect(js, settings)
+            except (nats.errors.Error, TimeoutError) as exc:
+                snapshot = {"time": _now(), "error": f"NATS did not answer ({exc}); retrying"}
+            if live is None:
+                print(json.dumps(snapshot), flush=True)
+            else:
+                live.update(render(snapshot), refresh=True)
+            done += 1
+            if iterations is None or done < iterations:
+                await asyncio.sleep(interval)
+
+
+async def collect(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
+    """One snapshot of the stream and the pipelines, JSON-ready."""
+    workspace, workspace_info = _workspace(settings)
+    stream = await _stream(js)
+    consumers = await _consumers(js) if stream["exists"] else {}
+    dead = await dead_letter_counts(js)
+    return {
+        "time": _now(),
+        "stream": stream,
+        "dead_letters": sum(dead.values()),
+        "pipelines": _pipelines(workspace, consumers, dead),
+        "workspace": workspace_info,
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _workspace(settings: Settings) -> tuple[Workspace | None, dict[str, Any]]:
+    info: dict[str, Any] = {"path": str(settings.workspace_path), "loaded": False, "error": None}
+    try:
+        workspace = load_workspace(settings.workspace_path)
+    except WorkspaceError as exc:
+        info["error"] = str(exc)
+        return None, info
+    info["loaded"] = True
+    return workspace, info
+
+
+async def _stream(js: JetStreamContext) -> dict[str, Any]:
+    try:
+        info = await js.stream_info(STREAM)
+    except NotFoundError:
+        return {"name": STREAM, "exists": False}
+    return {
+        "name": STREAM,
+        "exists": True,
+        "messages": info.state.messages,
+        "bytes": info.state.bytes,
+        "replicas": info.config.num_replicas,
+        "storage": storage_of(info.config),
+        "leader": info.cluster.leader if info.cluster else None,
+    }
+
+
+async def _consumers(js: JetStreamContext) -> dict[str, list[ConsumerInfo]]:
+    shards = await list_pipeline_consumers(js)
+    names = [(p, consumer_name(p, s)) for p, found in shards.items() for s in sorted(found)]
+    infos = await asyncio.gather(
+        *(js.consumer_info(STREAM, name) for _, name in names), return_exceptions=True
+    )
+    found: dict[str, list[ConsumerInfo]] = {}
+    for (pipeline, _), info in zip(names, infos, strict=True):
+        if isinstance(info, NotFoundError):
+            continue  # deleted since it was listed
+        if isinstance(info, BaseException):
+            raise info
+        found.setdefault(pipeline, []).append(info)
+    return found
+
+
+def _pipelines(
+    workspace: Workspace | None, consumers: dict[str, list[ConsumerInfo]], dead: dict[str, int]
+) -> list[dict[str, Any]]:
+    declared = list(workspace.pipelines) if workspace else []
+    others = sorted((set(consumers) | set(dead)) - set(declared))
+    rows = []
+    for pipeline_id in declared + others:
+        infos = consumers.get(pipeline_id, [])
+        declared_pipeline = workspace.pipelines.get(pipeline_id) if workspace else None
+        rows.append(
+            {
+                "pipeline": pipeline_id,
+                "source": declared_pipeline.source if declared_pipeline else None,
+                "to": declared_pipeline.to if declared_pipeline else None,
+                "state": _state(workspace, declared_pipeline, infos),
+                "consumers": len(infos),
+                "pending": sum(i.num_pending or 0 for i in infos),
+                "in_flight": sum(i.num_ack_pending or 0 for i in infos),
+                "redelivered": sum(i.num_redelivered or 0 for i in infos),
+                "dead_letters": dead.get(pipeline_id, 0),
+                "last_delivery": _latest(i.delivered for i in infos),
+                "last_ack": _latest(i.ack_floor for i in infos),
+            }
+        )
+    return rows
+
+
+def _state(workspace: Workspace | None, pipeline: Any, infos: list[ConsumerInfo]) -> str:
+    if workspace is None:
+        return "consumer" if infos else "dead letters only"
+    if pipeline is None:
+        return "not in workspace" if infos else "removed (dead letters only)"
+    if not infos:
+        return "no consumer yet"
+    return "enabled" if pipeline.enabled else "disabled"
+
+
+def _latest(sequences: Any) -> str | None:
+    times = [s.last_active for s in sequences if s is not None and s.last_active is not None]
+    return max(times).isoformat(timespec="seconds") if times else None
+
+
+def render(snapshot: dict[str, Any]) -> Group:
+    """The snapshot as a headline and a table, for people."""
+    if "error" in snapshot:
+        return Group(Text(f"{snapshot['time']}  {snapshot['error']}", style="red"))
+    stream = snapshot["stream"]
+    if stream["exists"]:
+        replicas = stream["replicas"]
+        leader = f", leader {stream['leader']}" if stream["leader"] else ""
+        headline = (
+            f"{STREAM}: {stream['messages']:,} messages, {human_bytes(stream['bytes'])}, "
+            f"{replicas} replica{'s' if replicas != 1 else ''}, {stream['storage']} storage{leader}"
+        )
+    else:
+        headline = f"{STREAM}: not created yet; `krenalis serve` creates it"
+    parts: list[Any] = [
+        Text(f"{headline}. Dead letters: {snapshot['dead_letters']:,}. ({snapshot['time']})")
+    ]
+    workspace = snapshot["workspace"]
+    if not workspace["loaded"]:
+        parts.append(Text(f"Workspace file not loaded: {workspace['error']}", style="yellow"))
+    if snapshot["pipelines"]:
+        parts.append(_table(snapshot))
+    else:
+        parts.append(Text("No pipelines: no consumer on EVENTS and none in the workspace file."))
+    return Group(*parts)
+
+
+def _table(snapshot: dict[str, Any]) -> Table:
+    now = datetime.fromisoformat(snapshot["time"])
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
+    table.add_column("Pipeline", no_wrap=True)  # ids stay whole; the state column wraps
+    table.add_column("State")
+    # Two-line headers keep the table within 80 columns.
+    for title in ("Pending", "In\nflight", "Redelivered", "Dead\nletters", "Last\ndelivery"):
+        table.add_column(title, justify="right", no_wrap=True)
+    for row in snapshot["pipelines"]:
+        counts = [f"{row[key]:,}" for key in _COUNTS]
+        if row["dead_letters"]:
+            counts[-1] = f"[red]{counts[-1]}[/red]"
+        state = row["state"]
+        if state in ("no consumer yet", "not in workspace"):
+            state = f"[yellow]{state}[/yellow]"
+        table.add_row(row["pipeline"], state, *counts, _ago(row["last_delivery"], now))
+    return table
+
+
+def _ago(when: str | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    seconds = max(0, int((now - datetime.fromisoformat(when)).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
