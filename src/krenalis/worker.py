@@ -91,6 +91,8 @@ class PipelineWorker:
         self._failing_reason = ""
 
     async def run(self) -> None:
+        if self._stopping.is_set():  # stopped before it ran: do not (re)create the consumer
+            return
         await self.consumer.start()
         log.info("Worker started.", extra={"pipeline": self.pipeline, "shard": self.shard})
         try:
@@ -104,6 +106,25 @@ class PipelineWorker:
     def stop(self) -> None:
         """Finish the batch being written, then stop (the rest is redelivered)."""
         self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether stop() was called."""
+        return self._stopping.is_set()
+
+    async def sleep_unless_stopped(self, seconds: float) -> bool:
+        """Wait `seconds`, or less if stop() is called meanwhile; return whether it was."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    def reset(self) -> None:
+        """Forget the fetched events and bind a new consumer (after a crash: the old one is
+        closed and what it held is redelivered)."""
+        self.consumer = PipelineConsumer(
+            self.js, self.pipeline, self.shard, ack_wait=self.settings.ack_wait
+        )
+        self.held = []
 
     async def step(self) -> None:
         """One round: fetch what is available, write what is due, settle the outcomes."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -20,6 +21,9 @@ from krenalis.workspace import Pipeline, Workspace
 __all__ = ["Workers", "make_sink"]
 
 log = logging.getLogger("krenalis.worker")
+
+#: A worker that ran this long (seconds) before crashing restarts without the crash-loop backoff.
+HEALTHY_RUN = 60.0
 
 
 def make_sink(pipeline: Pipeline, workspace: Workspace, warehouse_dsn: str | None) -> Sink:
@@ -114,9 +118,15 @@ class Workers:
 
 
 async def _supervise(worker: PipelineWorker) -> None:
-    """Run a worker; if it crashes (NATS gone for long, a bug), log it and start it again."""
+    """Run a worker; if it crashes (NATS gone for long, a bug), log it and start it again.
+
+    The wait before a restart ends as soon as the worker is asked to stop, and a stopped worker
+    is never started again: a removed pipeline's consumer must not be recreated, and stopping
+    (a reload, a shutdown) must not wait for the backoff.
+    """
     backoff = Backoff(base=1.0, cap=60.0)
-    while True:
+    while not worker.stopping:
+        started = time.monotonic()
         try:
             await worker.run()
             return
@@ -129,9 +139,8 @@ async def _supervise(worker: PipelineWorker) -> None:
                 extra={"pipeline": worker.pipeline, "error": worker.last_error},
                 exc_info=True,
             )
-            await backoff.wait()
-            await asyncio.sleep(1.0)
-            worker.consumer = type(worker.consumer)(
-                worker.js, worker.pipeline, worker.shard, ack_wait=worker.settings.ack_wait
-            )
-            worker.held = []
+        if time.monotonic() - started >= HEALTHY_RUN:
+            backoff.reset()  # a crash after a long healthy run is not part of a crash loop
+        if await worker.sleep_unless_stopped(1.0 + backoff.next_delay()):
+            return
+        worker.reset()

@@ -45,6 +45,8 @@ async def read_body(scope: Scope, receive: Any) -> bytes:
     """The request body, gunzipped if needed; at most MAX_BODY_BYTES after decompression.
 
     A gzip bomb is refused as soon as its output passes the limit, without inflating the rest.
+    The bytes received are limited too (as Content-Length is), so a chunked body that inflates
+    to little or nothing (empty gzip members or deflate blocks) cannot be streamed for ever.
     """
     length = header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -55,9 +57,10 @@ async def read_body(scope: Scope, receive: Any) -> bytes:
             415, "UnsupportedMediaType",
             f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
         )  # fmt: skip
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+    inflater = _Gunzip() if encoding == "gzip" else None
     parts: list[bytes] = []
     size = 0
+    received = 0
     more = True
     while more:
         message = await receive()
@@ -65,27 +68,62 @@ async def read_body(scope: Scope, receive: Any) -> bytes:
             raise ConnectionResetError("client disconnected")
         chunk = message.get("body", b"")
         more = message.get("more_body", False)
+        received += len(chunk)
+        if received > MAX_BODY_BYTES:
+            raise too_large()
         if inflater is not None:
-            chunk = _inflate(inflater, chunk, MAX_BODY_BYTES + 1 - size)
+            chunk = inflater.feed(chunk, MAX_BODY_BYTES + 1 - size)
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise too_large()
         parts.append(chunk)
-    if inflater is not None and not inflater.eof:
-        raise HTTPError(415, "UnsupportedMediaType", "request body is not valid gzip data")
+    if inflater is not None and not inflater.complete:
+        raise _bad_gzip()
     return b"".join(parts)
 
 
-def _inflate(inflater: Any, chunk: bytes, room: int) -> bytes:
-    try:
-        out = inflater.decompress(chunk, room)
-    except zlib.error:
-        raise HTTPError(
-            415, "UnsupportedMediaType", "request body is not valid gzip data"
-        ) from None
-    if inflater.unconsumed_tail:  # more output is waiting than the limit allows
-        raise too_large()
-    return out
+def _bad_gzip() -> HTTPError:
+    return HTTPError(415, "UnsupportedMediaType", "request body is not valid gzip data")
+
+
+class _Gunzip:
+    """Inflates a gzip body: one member or several in a row (RFC 1952), as Go's reader does.
+
+    Never produces more than `room` bytes per call: past that the body is too large, and the
+    rest of a gzip bomb is never inflated. Bytes after the last member that are not another
+    member (garbage) make the body invalid instead of being silently ignored.
+    """
+
+    __slots__ = ("_inflater", "_members", "_between")
+
+    def __init__(self) -> None:
+        self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._members = 0  # members read to their end
+        self._between = True  # no byte of the next member seen yet
+
+    @property
+    def complete(self) -> bool:
+        return self._members > 0 and self._between
+
+    def feed(self, chunk: bytes, room: int) -> bytes:
+        out: list[bytes] = []
+        while chunk:
+            self._between = False
+            try:
+                data = self._inflater.decompress(chunk, room)
+            except zlib.error:
+                raise _bad_gzip() from None
+            room -= len(data)
+            if self._inflater.unconsumed_tail or room <= 0:  # more output than the limit allows
+                raise too_large()
+            out.append(data)
+            chunk = b""
+            if self._inflater.eof:
+                self._members += 1
+                self._between = True
+                chunk = self._inflater.unused_data
+                self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return b"".join(out)
 
 
 async def send_json(send: Any, status: int, body: Any, headers: list | None = None) -> None:

@@ -186,7 +186,6 @@ class _Replayer:
         self.console = console
         self.replayed: dict[str, int] = {}
         self.refused: list[str] = []
-        self._refused_seqs: set[int] = set()
 
     def _refusal(self, letter: DeadLetter) -> str | None:
         if letter.pipeline not in self.shards:
@@ -204,7 +203,6 @@ class _Replayer:
         reason = self._refusal(letter)
         if reason is not None:
             self.refused.append(reason)
-            self._refused_seqs.add(letter.seq)
             return
         await replay(self.js, letter)
         self.replayed[letter.pipeline] = self.replayed.get(letter.pipeline, 0) + 1
@@ -229,17 +227,16 @@ class _Replayer:
         if not total:
             return
         with self._progress(total) as advance:
+            next_seq = 0
             while True:
-                # Each page starts again at the oldest letter: replayed ones are gone, refused
-                # ones are skipped.
-                limit = len(self._refused_seqs) + _PAGE
-                page = await list_dead_letters(self.js, pipeline, limit=limit)
-                page = [x for x in page if x.seq not in self._refused_seqs]
+                # Replayed letters are gone and refused ones stay behind: read on from the last.
+                page = await list_dead_letters(self.js, pipeline, limit=_PAGE, start_seq=next_seq)
                 if not page:
                     return
                 for letter in page:
                     await self._one(letter)
                     advance()
+                next_seq = page[-1].seq + 1
 
     @contextlib.contextmanager
     def _progress(self, total: int) -> Iterator[Callable[[], None]]:

@@ -83,12 +83,15 @@ def _from_raw(raw: RawStreamMsg) -> DeadLetter:
 
 
 async def list_dead_letters(
-    js: JetStreamContext, pipeline: str | None = None, limit: int = 1000
+    js: JetStreamContext,
+    pipeline: str | None = None,
+    limit: int = 1000,
+    start_seq: int | None = None,
 ) -> list[DeadLetter]:
-    """Dead letters in stream order, optionally of one pipeline."""
+    """Dead letters in stream order (from `start_seq`), optionally of one pipeline."""
     info = await js.stream_info(DLQ_STREAM)
     found: list[DeadLetter] = []
-    seq = info.state.first_seq
+    seq = max(info.state.first_seq, start_seq or 0)
     filter_subject = dlq_subject(pipeline) if pipeline else f"{DLQ_PREFIX}.>"
     while len(found) < limit and seq <= info.state.last_seq:
         try:
