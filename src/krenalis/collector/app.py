@@ -62,7 +62,7 @@ class Collector:
         publisher: Publisher | None = None,
     ) -> None:
         self.conn = conn
-        self.publisher = publisher or Publisher(conn.nc)
+        self.publisher = publisher or Publisher(conn.nc, alive=lambda: conn.down_for() < 1.0)
         self.metrics_enabled = metrics_enabled
         self.set_workspace(workspace)
 
@@ -88,7 +88,7 @@ class Collector:
         elif path in _TYPED or path in _GENERIC:
             await self._ingest(scope, receive, send, _TYPED.get(path), origin)
         else:
-            await send_json(send, 404, error_body("NotFound", f"no endpoint at {path}"))
+            await send_json(send, 404, error_body("NotFound", f"no endpoint at {path}"), origin)
 
     async def _health(self, send: Callable) -> None:
         usable = self.conn.usable
@@ -195,9 +195,18 @@ def _check_content_type(value: str | None) -> None:
             415, "UnsupportedMediaType",
             f"request's content type must be 'application/json' or 'text/plain', not {media.strip()!r}",
         )  # fmt: skip
-    charset = params.strip().lower().removeprefix("charset=").strip('"')
-    if params.strip() and charset not in ("utf-8", "utf8"):
-        raise HTTPError(415, "UnsupportedMediaType", "request's content type charset must be 'utf-8'")
+    for param in filter(None, (p.strip() for p in params.split(";"))):
+        name, _, charset = param.partition("=")
+        if name.strip().lower() != "charset":
+            raise HTTPError(
+                415, "UnsupportedMediaType",
+                f"request's content type has an unsupported parameter {name.strip()!r}; "
+                "only charset=utf-8 is accepted",
+            )  # fmt: skip
+        if charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise HTTPError(
+                415, "UnsupportedMediaType", "request's content type charset must be 'utf-8'"
+            )
 
 
 def _key_from_authorization(raw: str) -> str:

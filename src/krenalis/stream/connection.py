@@ -207,6 +207,12 @@ class NatsConnection:
         if self.nc.is_connected:
             self._mark_up()
 
+    def down_for(self) -> float:
+        """Seconds since the connection dropped (0 while connected)."""
+        if self._down_since is None or self.nc.is_connected:
+            return 0.0
+        return time.monotonic() - self._down_since
+
     @property
     def usable(self) -> bool:
         """True when connected and the EVENTS stream exists."""

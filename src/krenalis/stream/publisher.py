@@ -11,9 +11,11 @@ per-message semaphore task, which cost about half of the publishing CPU: see ben
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -45,7 +47,12 @@ class OutMessage:
 
 
 def message_id(event_message_id: str, pipeline: str) -> str:
-    return f"{event_message_id}/{pipeline}"
+    """The copy's Nats-Msg-Id. nats-py trims header values and turns CR/LF into spaces, so an
+    id with spaces or control characters is hashed: distinct ids must never be merged."""
+    if event_message_id.isprintable() and not any(c.isspace() for c in event_message_id):
+        return f"{event_message_id}/{pipeline}"
+    digest = hashlib.sha256(event_message_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"sha256:{digest}/{pipeline}"
 
 
 def copy_for(pipeline: str, shard: int, data: bytes, event_message_id: str) -> OutMessage:
@@ -122,10 +129,19 @@ class Publisher:
     the same id, with backoff, until `deadline` seconds have passed since the call began.
     """
 
-    def __init__(self, nc: Client, *, timeout: float = 5.0, deadline: float = 10.0) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        timeout: float = 5.0,
+        deadline: float = 10.0,
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
         self.inbox = _AckInbox(nc)
         self.timeout = timeout
         self.deadline = deadline
+        # False once NATS has been gone for a while: stop retrying and let the caller answer 503.
+        self.alive = alive or (lambda: True)
 
     async def publish(self, messages: list[OutMessage]) -> list[PubAck]:
         """Store every message; raise PublishError if some are still unstored at the deadline."""
@@ -137,10 +153,10 @@ class Publisher:
         while pending:
             await backoff.wait()
             failed, last_error = await self._attempt(messages, pending, acks)
-            if failed and time.monotonic() >= give_up:
+            if failed and (time.monotonic() >= give_up or not self.alive()):
                 raise PublishError(
                     f"{len(failed)} of {len(messages)} event copies were not stored in the "
-                    f"{STREAM} stream within {self.deadline:g}s: {last_error}"
+                    f"{STREAM} stream: {last_error}"
                 )
             if failed and len(failed) < len(pending):
                 backoff.reset()  # progress: the server is back, retry the rest at once
