@@ -20,7 +20,10 @@ run: $(STAMP)
 	$(BIN)/krenalis serve
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not faults"
+
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m faults
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
