@@ -22,8 +22,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not faults"
 
+# Exit code 5 is "no test selected": fine while no long fault test exists.
 test-faults: $(STAMP)
-	$(BIN)/python -m pytest -q -m faults
+	$(BIN)/python -m pytest -q -m faults || [ $$? -eq 5 ]
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
