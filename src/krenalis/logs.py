@@ -50,3 +50,5 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     # nats-py logs every reconnect attempt with a traceback; our callbacks log them once.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    # httpx logs every request at INFO: one line per webhook delivery is noise, not an event.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

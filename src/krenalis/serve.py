@@ -37,6 +37,9 @@ __all__ = ["init_warehouse", "run_collector", "run_worker", "serve"]
 
 log = logging.getLogger("krenalis")
 
+#: Seconds between routing the new workspace and removing the consumers of deleted pipelines.
+RELOAD_GRACE = 2.0
+
 
 @dataclass
 class Roles:
@@ -133,7 +136,8 @@ class _Process:
         conn = await self.runtime.start()
         self.settings = self.runtime.settings  # now holds the embedded server's URL, if any
         if self.roles.manage_layout:
-            await self._sync_consumers(workspace)
+            await self._ensure_consumers(workspace)
+            await self._remove_stale_consumers(workspace)
         if self.roles.workers:
             dsn = await self._warehouse(workspace)
             self.workers = Workers(
@@ -157,12 +161,16 @@ class _Process:
         await init_db(dsn)
         return dsn
 
-    async def _sync_consumers(self, workspace: Workspace) -> None:
-        """Consumers for every pipeline of the file; pipelines gone from it are removed."""
+    async def _ensure_consumers(self, workspace: Workspace) -> None:
+        """A consumer for every pipeline shard of the file (disabled ones keep theirs)."""
         js = self.runtime.conn.js  # type: ignore[union-attr]
         for pipeline in workspace.pipelines.values():
             for shard in range(pipeline.shards):
                 await ensure_consumer(js, pipeline.id, shard, self.settings.nats_ack_wait)
+
+    async def _remove_stale_consumers(self, workspace: Workspace) -> None:
+        """Pipelines gone from the file lose their consumers and pending events."""
+        js = self.runtime.conn.js  # type: ignore[union-attr]
         for pipeline_id in await list_pipeline_consumers(js):
             if pipeline_id not in workspace.pipelines:
                 await remove_pipeline(js, pipeline_id)
@@ -182,21 +190,29 @@ class _Process:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
 
     async def reload(self) -> None:
+        """Apply a changed workspace file. The order matters: consumers exist before the
+        collector routes to them, and a removed pipeline's consumer goes only once no
+        collector of this process routes to it any more."""
         try:
             workspace = _load(self.settings)
         except WorkspaceError as exc:
             log.error("Workspace not reloaded; keeping the previous one.", extra={"error": str(exc)})
             return
         if self.roles.manage_layout:
-            await self._sync_consumers(workspace)
-        if self.workers is not None:
-            if self.workers.warehouse_dsn is None:
-                self.workers.warehouse_dsn = await self._warehouse(workspace)
-            await self.workers.apply(workspace)
+            await self._ensure_consumers(workspace)
         if self.collector is not None:
             self.collector.set_workspace(workspace)
         for child in self.children:
             child.send_signal(signal.SIGHUP)
+        if self.workers is not None:
+            if self.workers.warehouse_dsn is None:
+                self.workers.warehouse_dsn = await self._warehouse(workspace)
+            await self.workers.apply(workspace)
+        if self.roles.manage_layout:
+            # Requests routed with the old workspace, and child collectors still reloading,
+            # may publish to a removed pipeline for a moment: let them finish first.
+            await asyncio.sleep(RELOAD_GRACE)
+            await self._remove_stale_consumers(workspace)
         log.info("Workspace reloaded.", extra={"pipelines": len(workspace.enabled_pipelines())})
 
     async def wait(self) -> None:

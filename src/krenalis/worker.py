@@ -64,6 +64,8 @@ class _Held:
     attempts: int = 0
     not_before: float = 0.0
     last_reason: str = field(default="")
+    #: The wait came from the sink (Retry-After), not from our backoff: always honour it.
+    sink_wait: bool = False
 
 
 class PipelineWorker:
@@ -201,7 +203,16 @@ class PipelineWorker:
             elif await self._schedule_retry(held, outcome):
                 done.add(id(held))
         self.held = [h for h in self.held if id(h) not in done]
+        if _recovered(batch, outcomes):
+            self._due_now()
         self._note_health(outcomes)
+
+    def _due_now(self) -> None:
+        """The sink took a retried event and failed none: the outage is over, so events waiting
+        out their backoff go now instead of minutes later (a Retry-After is still honoured)."""
+        for held in self.held:
+            if not held.sink_wait:
+                held.not_before = 0.0
 
     async def _schedule_retry(self, held: _Held, outcome: Retry) -> bool:
         """Plan the next attempt; dead-letter and return True once the window has passed."""
@@ -214,6 +225,7 @@ class PipelineWorker:
             return True
         delay = outcome.after if outcome.after is not None else retry_delay(held.attempts)
         held.not_before = time.monotonic() + delay
+        held.sink_wait = outcome.after is not None
         metrics.RETRIED.labels(self.pipeline).inc()
         return False
 
@@ -250,6 +262,13 @@ class PipelineWorker:
         elif retry is None and self._failing_reason and outcomes:
             self._failing_reason = ""
             log.info("Deliveries recovered.", extra={"pipeline": self.pipeline})
+
+
+def _recovered(batch: list[_Held], outcomes: list[Outcome]) -> bool:
+    retried_ok = any(
+        h.attempts and isinstance(o, Delivered) for h, o in zip(batch, outcomes, strict=True)
+    )
+    return retried_ok and not any(isinstance(o, Retry) for o in outcomes)
 
 
 def _observe_latency(pipeline: str, event: dict, now: float) -> None:
