@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -84,9 +85,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.http_workers > 1 and settings.metrics_enabled:
+        _share_metrics(settings)
     from krenalis.serve import serve
 
     return _run(serve(settings))
+
+
+def _share_metrics(settings: Settings) -> None:
+    """Several collector processes: Prometheus multiprocess mode, so /metrics (answered by any
+    of them) sums every process. It must be set before prometheus_client is imported."""
+    import shutil
+
+    directory = (settings.data_dir / "metrics").resolve()
+    shutil.rmtree(directory, ignore_errors=True)  # counters of an earlier run
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def _collector(settings: Settings, args: argparse.Namespace) -> int:

@@ -48,7 +48,10 @@ DEAD_LETTERED = Counter(
     "krenalis_events_dead_lettered", "Events moved to EVENTS_DLQ.", ["pipeline"]
 )
 IN_FLIGHT = Gauge(
-    "krenalis_events_in_flight", "Events fetched by a worker and not settled yet.", ["pipeline"]
+    "krenalis_events_in_flight",
+    "Events fetched by a worker and not settled yet.",
+    ["pipeline"],
+    multiprocess_mode="livesum",
 )
 E2E_LATENCY = Histogram(
     "krenalis_end_to_end_latency_seconds",

@@ -15,12 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from krenalis import metrics
 from krenalis.collector.http import HTTPError, error_body, header, read_body, send_json
@@ -69,6 +71,7 @@ class Collector:
     def set_workspace(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self.router = Router(workspace)
+        self._filtered_reported = dict.fromkeys(self.router.filtered, 0)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -178,7 +181,16 @@ class Collector:
                 raise _unavailable(str(exc)) from None
         for pipeline, count in per_pipeline.items():
             metrics.PUBLISHED.labels(pipeline).inc(count)
+        self._report_filtered()
         return len(copies)
+
+    def _report_filtered(self) -> None:
+        """Move the router's filtered-out counts into the Prometheus counter."""
+        reported = self._filtered_reported
+        for pipeline, count in self.router.filtered.items():
+            if count != reported[pipeline]:
+                metrics.FILTERED.labels(pipeline).inc(count - reported[pipeline])
+                reported[pipeline] = count
 
 
 def _event_type(scope: dict) -> str | None:
@@ -242,7 +254,12 @@ async def _empty(send: Callable, status: int, headers: list) -> None:
 
 
 async def _metrics(send: Callable) -> None:
-    data = generate_latest()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        data = generate_latest(registry)
+    else:
+        data = generate_latest()
     await send(
         {
             "type": "http.response.start",
