@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 import socketserver
 import threading
 import time
@@ -18,30 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.cli import run_cli as _main
 from fixtures.nats_servers import settings_for
-from krenalis.cli import main
 from krenalis.ops.keys import generate_user_keypair
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.embedded import EmbeddedNats, free_port
 from krenalis.stream.layout import ensure_streams
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # no .env of the developer's
-    for name in list(os.environ):
-        if name.startswith("KRENALIS_"):
-            monkeypatch.delenv(name)
-
-
-def _main(argv: list[str]) -> int:
-    """`krenalis.cli.main`, then the root logger as it was: main points it at this test's stderr."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return main(argv)
-    finally:
-        root.handlers[:], root.level = handlers, level
 
 
 def _check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import os
 import socket
 import stat
 import subprocess
@@ -23,27 +21,9 @@ import nats.errors
 import pytest
 from nats.js.api import StreamConfig
 
-from krenalis.cli import main
+from fixtures.cli import run_cli as _main
 from krenalis.ops.keys import is_user_public_key, public_key_from_seed
 from krenalis.stream.embedded import free_port
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # no .env of the developer's
-    for name in list(os.environ):
-        if name.startswith("KRENALIS_"):
-            monkeypatch.delenv(name)
-
-
-def _main(argv: list[str]) -> int:
-    """`krenalis.cli.main`, then the root logger as it was: main points it at this test's stderr."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return main(argv)
-    finally:
-        root.handlers[:], root.level = handlers, level
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from krenalis.cli import main
+from fixtures.cli import run_cli as _main
 from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
@@ -33,24 +31,6 @@ pipelines:
     source: web
     to: warehouse
 """
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # no .env of the developer's; krenalis.yaml is read from here
-    for name in list(os.environ):
-        if name.startswith("KRENALIS_"):
-            monkeypatch.delenv(name)
-
-
-def _main(argv: list[str]) -> int:
-    """`krenalis.cli.main`, then the root logger as it was: main points it at this test's stderr."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return main(argv)
-    finally:
-        root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture

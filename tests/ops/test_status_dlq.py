@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +17,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from fixtures.cli import run_cli as _main
 from fixtures.nats_servers import settings_for
-from krenalis.cli import main
 from krenalis.config import Settings
 from krenalis.ops.status import watch
 from krenalis.stream.connection import NatsConnection
@@ -49,22 +47,6 @@ pipelines:
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # no .env of the developer's
-    for name in list(os.environ):
-        if name.startswith("KRENALIS_"):
-            monkeypatch.delenv(name)
-
-
-def _main(argv: list[str]) -> int:
-    """`krenalis.cli.main`, then the root logger as it was: main points it at this test's stderr."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return main(argv)
-    finally:
-        root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture
