@@ -39,6 +39,8 @@ log = logging.getLogger("krenalis")
 
 #: Seconds between routing the new workspace and removing the consumers of deleted pipelines.
 RELOAD_GRACE = 2.0
+#: Seconds between two checks of the workspace file for changes.
+WATCH_INTERVAL = 2.0
 
 
 @dataclass
@@ -130,6 +132,9 @@ class _Process:
         self.collector: Collector | None = None
         self.http: HTTPServer | None = None
         self.children: list[subprocess.Popen[bytes]] = []
+        self.watcher: asyncio.Task[None] | None = None
+        self.reloading = asyncio.Lock()
+        self.applied_stamp = _file_stamp(settings.workspace_path)
         self.stop_event = asyncio.Event()
 
     async def start(self, workspace: Workspace) -> None:
@@ -148,6 +153,7 @@ class _Process:
         if self.roles.collector:
             await self._start_collector(conn, workspace)
         self._install_signals()
+        self.watcher = asyncio.create_task(self._watch_workspace(), name="workspace-watcher")
 
     async def _warehouse(self, workspace: Workspace) -> str | None:
         if not any(p.to_warehouse for p in workspace.enabled_pipelines()):
@@ -193,11 +199,18 @@ class _Process:
         """Apply a changed workspace file. The order matters: consumers exist before the
         collector routes to them, and a removed pipeline's consumer goes only once no
         collector of this process routes to it any more."""
-        try:
-            workspace = _load(self.settings)
-        except WorkspaceError as exc:
-            log.error("Workspace not reloaded; keeping the previous one.", extra={"error": str(exc)})
-            return
+        async with self.reloading:  # a SIGHUP and a file change may come together
+            self.applied_stamp = _file_stamp(self.settings.workspace_path)
+            try:
+                workspace = _load(self.settings)
+            except WorkspaceError as exc:
+                log.error(
+                    "Workspace not reloaded; keeping the previous one.", extra={"error": str(exc)}
+                )
+                return
+            await self._apply(workspace)
+
+    async def _apply(self, workspace: Workspace) -> None:
         if self.roles.manage_layout:
             await self._ensure_consumers(workspace)
         if self.collector is not None:
@@ -215,11 +228,22 @@ class _Process:
             await self._remove_stale_consumers(workspace)
         log.info("Workspace reloaded.", extra={"pipelines": len(workspace.enabled_pipelines())})
 
+    async def _watch_workspace(self) -> None:
+        """Reload when the workspace file changes, as SIGHUP does (checked every 2 s)."""
+        path = self.settings.workspace_path
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if _file_stamp(path) != self.applied_stamp and not self.reloading.locked():
+                log.info("Workspace file changed; reloading.", extra={"path": str(path)})
+                await self.reload()
+
     async def wait(self) -> None:
         await self.stop_event.wait()
         log.info("Stopping.")
 
     async def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
         if self.http is not None:
             await self.http.stop()
         for child in self.children:
@@ -231,6 +255,14 @@ class _Process:
         await self.runtime.stop()
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
+
+
+def _file_stamp(path: Path) -> tuple[float, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime, stat.st_size)
 
 
 def _spawn_collector(settings: Settings) -> subprocess.Popen[bytes]:

@@ -42,6 +42,10 @@ pipelines:
     return text
 
 
+async def names_are(js, expected: set[str]) -> bool:
+    return await consumer_names(js) == expected
+
+
 def ids(events: list[dict]) -> list[str]:
     return sorted(e["messageId"] for e in events)
 
@@ -63,7 +67,7 @@ async def test_sighup_adds_and_removes_pipelines_live(deployment, tmp_path):
         deployment.write_workspace(workspace(a, b, ["a", "b"]))
         serve.signal(signal.SIGHUP)
         await serve.wait_log("Workspace reloaded.", 1)
-        assert await consumer_names(js) == {"EVENTS_web-a_0", "EVENTS_web-b_0"}
+        await wait_for(lambda: names_are(js, {"EVENTS_web-a_0", "EVENTS_web-b_0"}), what="b")
         assert (await collector_answer(serve.base_url, second))["stored"] == 40
         await wait_for(
             lambda: len(file_events(a)) >= 40 and len(file_events(b)) >= 20,
@@ -77,8 +81,7 @@ async def test_sighup_adds_and_removes_pipelines_live(deployment, tmp_path):
         # Remove the pipeline to a.
         deployment.write_workspace(workspace(a, b, ["b"]))
         serve.signal(signal.SIGHUP)
-        await serve.wait_log("Workspace reloaded.", 2)
-        assert await consumer_names(js) == {"EVENTS_web-b_0"}
+        await wait_for(lambda: names_are(js, {"EVENTS_web-b_0"}), what="a to go")
         answer = await collector_answer(serve.base_url, third)
         assert answer["stored"] == 20  # one copy each: only web-b takes them now
         await wait_for(lambda: len(file_events(b)) >= 40, what="the third events in b")
@@ -125,3 +128,17 @@ async def test_removing_a_pipeline_while_events_flow_strands_nothing(deployment,
         assert ids(file_events(b)) == ids(sent)
         assert await consumer_names(js) == {"EVENTS_web-b_0"}
         assert await subject_counts(js) == {}, "events stranded on the removed pipeline's subject"
+
+
+async def test_editing_the_file_reloads_without_a_signal(deployment, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    async with jetstream(deployment.nats_url) as js:
+        deployment.write_workspace(workspace(a, b, ["a"]))
+        serve = deployment.start("serve")
+        await serve.wait_healthy()
+        deployment.write_workspace(workspace(a, b, ["a", "b"]))  # no SIGHUP
+        await serve.wait_log("Workspace reloaded.")
+        assert await consumer_names(js) == {"EVENTS_web-a_0", "EVENTS_web-b_0"}
+        events = [make_event(f"w-{i}") for i in range(5)]
+        assert (await collector_answer(serve.base_url, events))["stored"] == 10
+        await wait_for(lambda: len(file_events(b)) == 5, what="the events in b")
