@@ -267,5 +267,10 @@ def _file_stamp(path: Path) -> tuple[float, int] | None:
 
 def _spawn_collector(settings: Settings) -> subprocess.Popen[bytes]:
     """Another collector process on the same port (SO_REUSEPORT), for a second core."""
-    env = {**os.environ, "KRENALIS_NATS_URL": ",".join(settings.nats_urls)}
+    # KRENALIS_HTTP_WORKERS=1: a child serves, it does not spawn collectors of its own.
+    env = {
+        **os.environ,
+        "KRENALIS_NATS_URL": ",".join(settings.nats_urls),
+        "KRENALIS_HTTP_WORKERS": "1",
+    }
     return subprocess.Popen([sys.executable, "-m", "krenalis.cli", "collector"], env=env)

@@ -15,12 +15,14 @@ import hashlib
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
@@ -33,6 +35,8 @@ log = logging.getLogger("krenalis.stream")
 
 #: Copies in flight per publisher before a publish waits for acks (nats-py's default is 4000).
 MAX_IN_FLIGHT = 4096
+#: The server's limit of messages in one atomic batch.
+MAX_BATCH = 1000
 
 
 class PublishError(RuntimeError):
@@ -63,6 +67,7 @@ class _AckReply(msgspec.Struct):
     stream: str = ""
     seq: int = 0
     duplicate: bool | None = None
+    count: int | None = None  # messages of an atomic batch
     error: dict | None = None
 
 
@@ -84,17 +89,19 @@ class _AckInbox:
             self.prefix = self.nc.new_inbox() + "."
             await self.nc.subscribe(self.prefix + "*", cb=self._on_reply)
 
-    async def send(self, msg: OutMessage) -> asyncio.Future[PubAck]:
+    async def send(
+        self, msg: OutMessage, batch_headers: dict[str, str] | None = None
+    ) -> asyncio.Future[PubAck]:
         await self.slots.acquire()
         token = str(next(self.tokens))
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda _: self._release(token))
         self.pending[token] = future
         try:
-            await self.nc.publish(
-                msg.subject, msg.data, reply=self.prefix + token,
-                headers={"Nats-Msg-Id": msg.msg_id},
-            )  # fmt: skip
+            headers = {"Nats-Msg-Id": msg.msg_id}
+            if batch_headers:
+                headers.update(batch_headers)
+            await self.nc.publish(msg.subject, msg.data, reply=self.prefix + token, headers=headers)
         except BaseException:
             future.cancel()
             raise
@@ -117,9 +124,11 @@ class _AckInbox:
             future.set_exception(APIError(description=f"invalid PubAck: {exc}"))
             return
         if ack.error is not None:
-            future.set_exception(APIError.from_error(ack.error))
+            future.set_exception(_api_error(ack.error))
         else:
-            future.set_result(PubAck(stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate))
+            future.set_result(
+                PubAck(stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate, batch_size=ack.count)
+            )
 
 
 class Publisher:
@@ -136,16 +145,60 @@ class Publisher:
         timeout: float = 5.0,
         deadline: float = 10.0,
         alive: Callable[[], bool] | None = None,
+        atomic: bool = True,
     ) -> None:
+        self.nc = nc
         self.inbox = _AckInbox(nc)
+        self.atomic = atomic
         self.timeout = timeout
         self.deadline = deadline
         # False once NATS has been gone for a while: stop retrying and let the caller answer 503.
         self.alive = alive or (lambda: True)
 
     async def publish(self, messages: list[OutMessage]) -> list[PubAck]:
-        """Store every message; raise PublishError if some are still unstored at the deadline."""
+        """Store every message; raise PublishError if some are still unstored at the deadline.
+
+        Several messages go as JetStream atomic batches first (ADR-50: stored all at once, one
+        fsync and one PubAck per batch: 4x the throughput with `sync_interval: always`). A
+        batch is refused whole if one id is a duplicate (a client retrying a request), and may
+        fail during a leader election: then its messages go one by one, where each duplicate is
+        dropped alone and each failure is retried with the same id.
+        """
         await self.inbox.start()
+        if not self.atomic or len(messages) < 2:
+            return await self._one_by_one(messages)
+        chunks = [messages[i : i + MAX_BATCH] for i in range(0, len(messages), MAX_BATCH)]
+        results = await asyncio.gather(*(self._atomic_or_one_by_one(c) for c in chunks))
+        return [ack for acks in results for ack in acks]
+
+    async def _atomic_or_one_by_one(self, messages: list[OutMessage]) -> list[PubAck]:
+        try:
+            commit = await self._atomic(messages)
+        except (NatsError, TimeoutError, ConnectionError) as exc:
+            log.debug("Atomic batch refused; publishing one by one.", extra={"error": _describe(exc)})
+            return await self._one_by_one(messages)
+        first = commit.seq - len(messages) + 1
+        return [PubAck(stream=commit.stream, seq=first + i) for i in range(len(messages))]
+
+    async def _atomic(self, messages: list[OutMessage]) -> PubAck:
+        batch_id = uuid.uuid4().hex
+        last = len(messages)
+        for number, msg in enumerate(messages[:-1], 1):
+            headers = {"Nats-Msg-Id": msg.msg_id, "Nats-Batch-Id": batch_id}
+            headers["Nats-Batch-Sequence"] = str(number)
+            await self.nc.publish(msg.subject, msg.data, headers=headers)
+        commit = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(last)}
+        commit["Nats-Batch-Commit"] = "1"
+        future = await self.inbox.send(messages[-1], commit)
+        try:
+            ack = await asyncio.wait_for(future, self.timeout)
+        finally:
+            future.cancel()
+        if ack.batch_size != last:
+            raise APIError(description=f"atomic batch stored {ack.batch_size} of {last} messages")
+        return ack
+
+    async def _one_by_one(self, messages: list[OutMessage]) -> list[PubAck]:
         give_up = time.monotonic() + self.deadline
         acks: dict[int, PubAck] = {}
         pending = list(range(len(messages)))
@@ -188,6 +241,15 @@ class Publisher:
             else:
                 acks[i] = future.result()
         return sorted(failed), error
+
+
+def _api_error(error: dict) -> APIError:
+    """The typed error of an error PubAck (nats-py's from_error raises it rather than return)."""
+    try:
+        APIError.from_error(error)
+    except APIError as exc:
+        return exc
+    return APIError(description=str(error))
 
 
 def _describe(exc: BaseException | None) -> str:

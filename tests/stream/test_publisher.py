@@ -1,0 +1,74 @@
+"""Publishing copies: atomic batches, and one by one when a batch is refused."""
+
+from __future__ import annotations
+
+import time
+
+from krenalis.stream.connection import NatsConnection
+from krenalis.stream.layout import STREAM, ensure_consumer, ensure_streams
+from krenalis.stream.publisher import Publisher, copy_for, message_id
+
+
+async def connected(settings) -> NatsConnection:
+    conn = NatsConnection(settings)
+    await conn.connect(timeout=10)
+    await ensure_streams(conn.js, settings)
+    await ensure_consumer(conn.js, "p", 0, 30)
+    return conn
+
+
+def copies(ids):
+    return [copy_for("p", 0, f"data-{i}".encode(), i) for i in ids]
+
+
+async def stored(conn: NatsConnection) -> int:
+    return (await conn.js.stream_info(STREAM)).state.messages
+
+
+async def test_a_batch_is_stored_atomically_with_consecutive_sequences(nats_settings):
+    conn = await connected(nats_settings)
+    try:
+        acks = await Publisher(conn.nc).publish(copies(f"m{i}" for i in range(2500)))
+        assert await stored(conn) == 2500
+        seqs = [a.seq for a in acks]
+        assert seqs == sorted(set(seqs)) and len(seqs) == 2500  # chunks of 1000, in order
+        assert not any(a.duplicate for a in acks)
+        last = await conn.js.get_msg(STREAM, seqs[-1])
+        assert last.data == b"data-m2499"
+    finally:
+        await conn.close()
+
+
+async def test_a_retried_batch_falls_back_and_is_stored_once(nats_settings):
+    conn = await connected(nats_settings)
+    publisher = Publisher(conn.nc)
+    try:
+        first = await publisher.publish(copies(["a", "b", "c"]))
+        # The whole batch again (a client retry), then a batch mixing old and new ids. The
+        # server refuses such a batch at once: no waiting for a PubAck that never comes.
+        started = time.monotonic()
+        again = await publisher.publish(copies(["a", "b", "c"]))
+        assert time.monotonic() - started < 2.5
+        assert [a.duplicate for a in again] == [True, True, True]
+        assert [a.seq for a in again] == [a.seq for a in first]
+        mixed = await publisher.publish(copies(["c", "d", "d", "e"]))
+        assert [bool(a.duplicate) for a in mixed] == [True, False, True, False]
+        assert await stored(conn) == 5
+    finally:
+        await conn.close()
+
+
+async def test_without_atomic_batches_each_copy_gets_its_pubAck(nats_settings):
+    conn = await connected(nats_settings)
+    try:
+        acks = await Publisher(conn.nc, atomic=False).publish(copies(["x", "y"]))
+        assert len({a.seq for a in acks}) == 2 and await stored(conn) == 2
+    finally:
+        await conn.close()
+
+
+def test_message_ids_that_headers_would_alter_are_hashed():
+    assert message_id("abc-1", "p") == "abc-1/p"
+    spaced, newline = message_id("a b", "p"), message_id("a\nb", "p")
+    assert spaced != newline
+    assert spaced.startswith("sha256:") and spaced.endswith("/p") and " " not in spaced
