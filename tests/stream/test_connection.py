@@ -103,3 +103,18 @@ def test_server_version_check():
     assert str(info.value) == (
         "NATS server 2.11.9 at nats://x:4222 is too old: Krenalis requires nats-server 2.12 or newer"
     )
+
+
+def test_a_server_left_running_on_the_store_is_stopped_first(tmp_path):
+    """`krenalis serve` killed with SIGKILL leaves its nats-server running: the next start must
+    not run a second server on the same store."""
+    leftover = EmbeddedNats(tmp_path / "nats")
+    leftover.start()
+    fresh = EmbeddedNats(tmp_path / "nats")
+    try:
+        fresh.start()
+        leftover.process.wait(15)  # stopped by the fresh start (the test is its parent: reap)
+        assert fresh.running
+    finally:
+        fresh.kill()
+        leftover.kill()
