@@ -209,3 +209,12 @@ def test_sync_interval():
         "positive duration such as 1s or 2m"
     )
     assert "KRENALIS_NATS_SYNC_INTERVAL" in error_of(KRENALIS_NATS_SYNC_INTERVAL="0s")
+
+
+def test_warehouse_dsn():
+    dsn = "postgresql://u:secret-pw@db:5432/events"
+    s = load(KRENALIS_WAREHOUSE_DSN=dsn)
+    assert s.warehouse_dsn.reveal() == dsn and "secret-pw" not in repr(s)
+    message = error_of(KRENALIS_WAREHOUSE_DSN="mysql://u:secret-pw@db/x")
+    assert "KRENALIS_WAREHOUSE_DSN must be a PostgreSQL URL" in message
+    assert "secret-pw" not in message

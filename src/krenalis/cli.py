@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    if settings.http_workers > 1 and settings.metrics_enabled:
+    if settings.metrics_enabled:  # serve's collectors and worker are separate processes
         _share_metrics(settings)
     from krenalis.serve import serve
 
@@ -93,8 +93,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _share_metrics(settings: Settings) -> None:
-    """Several collector processes: Prometheus multiprocess mode, so /metrics (answered by any
-    of them) sums every process. It must be set before prometheus_client is imported."""
+    """Prometheus multiprocess mode: /metrics, answered by any collector, sums every process
+    of this serve (collectors and worker). It must be set before prometheus_client is imported."""
     import shutil
 
     directory = (settings.data_dir / "metrics").resolve()

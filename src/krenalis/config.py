@@ -70,6 +70,8 @@ class Settings:
     nats_duplicate_window: float = 120.0
     #: The embedded server's fsync policy: "always" (fsync before every PubAck) or a duration.
     nats_sync_interval: str = "always"
+    #: Overrides the workspace file's `warehouse.dsn` (keeps the password out of the file).
+    warehouse_dsn: Secret | None = None
     data_dir: Path = Path("data")
     workspace_path: Path = Path("krenalis.yaml")
     http_host: str = "127.0.0.1"
@@ -103,6 +105,7 @@ def load_settings(
         nats_ack_wait=_ack_wait(env.get("KRENALIS_NATS_ACK_WAIT", "")),
         nats_duplicate_window=_dup_window(env.get("KRENALIS_NATS_DUPLICATE_WINDOW", "")),
         nats_sync_interval=_sync_interval(env.get("KRENALIS_NATS_SYNC_INTERVAL", "")),
+        warehouse_dsn=_dsn(env.get("KRENALIS_WAREHOUSE_DSN", "")),
         data_dir=Path(env.get("KRENALIS_DATA_DIR", "") or "data"),
         workspace_path=Path(env.get("KRENALIS_WORKSPACE", "") or "krenalis.yaml"),
         http_host=env.get("KRENALIS_HTTP_HOST", "") or "127.0.0.1",
@@ -274,6 +277,17 @@ def _sync_interval(raw: str) -> str:
             "positive duration such as 1s or 2m"
         )
     return raw
+
+
+def _dsn(raw: str) -> Secret | None:
+    if not raw:
+        return None
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "KRENALIS_WAREHOUSE_DSN must be a PostgreSQL URL such as "
+            "postgresql://user:password@host:5432/db"
+        )
+    return Secret(raw)
 
 
 def _port(raw: str) -> int:

@@ -13,11 +13,11 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from krenalis.children import Child
 from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
@@ -50,11 +50,13 @@ class Roles:
     only_pipelines: set[str] = field(default_factory=set)
     #: serve: create missing consumers and remove those of deleted pipelines.
     manage_layout: bool = True
+    #: serve: workers run in a child `krenalis worker` process, on the other core.
+    worker_process: bool = False
 
 
 async def serve(settings: Settings) -> int:
     write_starter_workspace(settings.workspace_path, settings.http_port)
-    return await _run(settings, Roles(), "krenalis-serve")
+    return await _run(settings, Roles(worker_process=True), "krenalis-serve")
 
 
 async def run_collector(settings: Settings) -> int:
@@ -131,7 +133,7 @@ class _Process:
         self.workers: Workers | None = None
         self.collector: Collector | None = None
         self.http: HTTPServer | None = None
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.children: list[Child] = []
         self.watcher: asyncio.Task[None] | None = None
         self.reloading = asyncio.Lock()
         self.applied_stamp = _file_stamp(settings.workspace_path)
@@ -143,7 +145,10 @@ class _Process:
         if self.roles.manage_layout:
             await self._ensure_consumers(workspace)
             await self._remove_stale_consumers(workspace)
-        if self.roles.workers:
+        if self.roles.worker_process:
+            dsn = await self._warehouse(workspace, always=True)
+            self._start_child("worker", KRENALIS_WAREHOUSE_DSN=dsn or "")
+        elif self.roles.workers:
             dsn = await self._warehouse(workspace)
             self.workers = Workers(
                 conn.js, ack_wait=self.settings.nats_ack_wait, warehouse_dsn=dsn,
@@ -155,10 +160,14 @@ class _Process:
         self._install_signals()
         self.watcher = asyncio.create_task(self._watch_workspace(), name="workspace-watcher")
 
-    async def _warehouse(self, workspace: Workspace) -> str | None:
-        if not any(p.to_warehouse for p in workspace.enabled_pipelines()):
+    async def _warehouse(self, workspace: Workspace, always: bool = False) -> str | None:
+        """The warehouse DSN: KRENALIS_WAREHOUSE_DSN, the file's, or an embedded PostgreSQL
+        (started when a pipeline needs it, or `always`, for serve's worker process)."""
+        if not always and not any(p.to_warehouse for p in workspace.enabled_pipelines()):
             return None
-        if workspace.warehouse is not None:
+        if self.settings.warehouse_dsn is not None:
+            dsn = self.settings.warehouse_dsn.reveal()
+        elif workspace.warehouse is not None:
             dsn = workspace.warehouse.dsn
         else:
             self.postgres = EmbeddedPostgres(self.settings.data_dir / "postgres")
@@ -187,7 +196,16 @@ class _Process:
         self.http = HTTPServer(self.collector, sock)
         await self.http.start()
         for _ in range(self.settings.http_workers - 1):
-            self.children.append(_spawn_collector(self.settings))
+            # KRENALIS_HTTP_WORKERS=1: a child serves, it does not spawn collectors of its own.
+            self._start_child("collector", KRENALIS_HTTP_WORKERS="1")
+
+    def _start_child(self, command: str, **env: str) -> None:
+        number = sum(c.command == command for c in self.children)
+        child_env = {**os.environ, "KRENALIS_NATS_URL": ",".join(self.settings.nats_urls), **env}
+        pid_path = self.settings.data_dir / "run" / f"{command}-{number}.pid"
+        child = Child(command, child_env, pid_path)
+        child.start()
+        self.children.append(child)
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -216,7 +234,7 @@ class _Process:
         if self.collector is not None:
             self.collector.set_workspace(workspace)
         for child in self.children:
-            child.send_signal(signal.SIGHUP)
+            child.signal(signal.SIGHUP)
         if self.workers is not None:
             if self.workers.warehouse_dsn is None:
                 self.workers.warehouse_dsn = await self._warehouse(workspace)
@@ -246,10 +264,7 @@ class _Process:
             self.watcher.cancel()
         if self.http is not None:
             await self.http.stop()
-        for child in self.children:
-            child.terminate()
-        for child in self.children:
-            await asyncio.to_thread(child.wait)
+        await asyncio.gather(*(child.stop() for child in self.children))
         if self.workers is not None:
             await self.workers.stop_all()
         await self.runtime.stop()
@@ -263,14 +278,3 @@ def _file_stamp(path: Path) -> tuple[float, int] | None:
     except OSError:
         return None
     return (stat.st_mtime, stat.st_size)
-
-
-def _spawn_collector(settings: Settings) -> subprocess.Popen[bytes]:
-    """Another collector process on the same port (SO_REUSEPORT), for a second core."""
-    # KRENALIS_HTTP_WORKERS=1: a child serves, it does not spawn collectors of its own.
-    env = {
-        **os.environ,
-        "KRENALIS_NATS_URL": ",".join(settings.nats_urls),
-        "KRENALIS_HTTP_WORKERS": "1",
-    }
-    return subprocess.Popen([sys.executable, "-m", "krenalis.cli", "collector"], env=env)

@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from krenalis._process import stop_leftover
 from krenalis.stream.natsserver import nats_server_path, quote
 
 __all__ = ["EmbeddedNats", "NatsServerError", "free_port"]
@@ -31,15 +32,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 class EmbeddedNats:
@@ -83,24 +75,6 @@ class EmbeddedNats:
     def pid_path(self) -> Path:
         return self.store_dir / "nats-server.pid"
 
-    def _stop_leftover(self) -> None:
-        """A server left running on this store by a process that was killed (SIGKILL cannot stop
-        its children): two servers must never share a store, so stop it first."""
-        try:
-            pid = int(self.pid_path.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return
-        if b"nats-server" not in cmdline or str(self.config_path.resolve()).encode() not in cmdline:
-            return
-        log.warning("Stopping a nats-server left running on this store.", extra={"pid": pid})
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
     def config_text(self) -> str:
         lines = [
             f"server_name: {quote(self.server_name)}",
@@ -133,7 +107,8 @@ class EmbeddedNats:
     def start(self, timeout: float = 20.0) -> None:
         """Start the server and wait until it accepts client connections."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self._stop_leftover()
+        # Two servers must never share a store: stop one a killed `serve` left running.
+        stop_leftover(self.pid_path, str(self.config_path.resolve()).encode())
         self.config_path.write_text(self.config_text())
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
