@@ -117,7 +117,10 @@ async def _run(settings: Settings, roles: Roles, name: str) -> int:
     process = _Process(settings, roles, name)
     try:
         await process.start(workspace)
-        log.info("Krenalis is ready; press Ctrl+C to stop.")
+        if "KRENALIS_CHILD" in os.environ:
+            log.info("Child process ready.", extra={"process": name})
+        else:
+            log.info("Krenalis is ready; press Ctrl+C to stop.", extra={"process": name})
         await process.wait()
     finally:
         await process.stop()
@@ -173,6 +176,8 @@ class _Process:
             self.postgres = EmbeddedPostgres(self.settings.data_dir / "postgres")
             await asyncio.to_thread(self.postgres.start)
             dsn = self.postgres.dsn
+            # Local, no password (trust on loopback): showing it tells people where to look.
+            log.info("Embedded warehouse ready; query the events view there.", extra={"dsn": dsn})
         await init_db(dsn)
         return dsn
 
