@@ -118,9 +118,9 @@ async def _run(settings: Settings, roles: Roles, name: str) -> int:
     try:
         await process.start(workspace)
         if "KRENALIS_CHILD" in os.environ:
-            log.info("Child process ready.", extra={"process": name})
+            log.info("Child process ready.", extra={"role": name})
         else:
-            log.info("Krenalis is ready; press Ctrl+C to stop.", extra={"process": name})
+            log.info("Krenalis is ready; press Ctrl+C to stop.", extra={"role": name})
         await process.wait()
     finally:
         await process.stop()
