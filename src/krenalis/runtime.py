@@ -7,6 +7,7 @@ import contextlib
 import logging
 from dataclasses import replace
 
+from krenalis._process import stop_leftover
 from krenalis.config import Settings
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.embedded import EmbeddedNats
@@ -28,6 +29,10 @@ class StreamRuntime:
 
     async def start(self, connect_timeout: float | None = None) -> NatsConnection:
         if self.settings.embedded_nats:
+            # Before choosing the port: a server left by a SIGKILLed serve still holds it.
+            store = (self.settings.data_dir / "nats").resolve()
+            marker = str(store / "nats-server.conf").encode()
+            await asyncio.to_thread(stop_leftover, store / "nats-server.pid", marker)
             self.embedded = EmbeddedNats(
                 self.settings.data_dir / "nats",
                 port=_saved_port(self),
@@ -58,6 +63,8 @@ def _saved_port(runtime: StreamRuntime) -> int | None:
         import socket
 
         with socket.socket() as s:
+            # As nats-server binds: the last run's connections in TIME_WAIT do not hold the port.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
         return port
     return None

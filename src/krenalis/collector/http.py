@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
@@ -14,6 +15,9 @@ __all__ = ["HTTPError", "read_body", "send_json", "header"]
 Scope = dict[str, Any]
 
 _encoder = msgspec.json.Encoder()
+
+#: Seconds a request body may stop arriving before the request is refused (408).
+BODY_IDLE_TIMEOUT = 30.0
 
 
 class HTTPError(Exception):
@@ -63,7 +67,14 @@ async def read_body(scope: Scope, receive: Any) -> bytes:
     received = 0
     more = True
     while more:
-        message = await receive()
+        try:
+            async with asyncio.timeout(BODY_IDLE_TIMEOUT):
+                message = await receive()
+        except TimeoutError:
+            raise HTTPError(
+                408, "RequestTimeout",
+                f"the request body stopped arriving for {BODY_IDLE_TIMEOUT:g} seconds",
+            ) from None  # fmt: skip
         if message["type"] == "http.disconnect":
             raise ConnectionResetError("client disconnected")
         chunk = message.get("body", b"")

@@ -8,10 +8,104 @@ import socket
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["HTTPServer", "listening_socket"]
 
 log = logging.getLogger("krenalis.collector")
+
+#: A request's line and headers, at most: past it the answer is 431 and the connection closes.
+MAX_HEADER_BYTES = 64 * 1024
+#: Seconds a client has to send a request's line and headers, from the connection (or from its
+#: first byte, on a kept-alive connection): past it the answer is 408 and the connection closes.
+HEADER_TIMEOUT = 30.0
+
+
+class _HeadersTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a request whose headers are too large."""
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with two limits it lacks. Without them a client makes the
+    collector buffer headers of any size (a 200 MB header costs 200 MB), or holds a connection,
+    and a file descriptor, for ever by never finishing its headers (slowloris)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._in_headers = True
+        self._raw_bytes = 0  # bytes received while in a request's headers
+        self._header_bytes = 0  # the request line and headers parsed so far
+        self._too_large = False
+        self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            HEADER_TIMEOUT, self._headers_too_slow
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            self._raw_bytes += len(data)
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
+        super().data_received(data)
+        # One header still growing: httptools buffers it whole before calling on_header.
+        if self._in_headers and self._raw_bytes > MAX_HEADER_BYTES and not self._too_large:
+            self._too_large = True
+            self._refuse(431, "Request Header Fields Too Large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_headers, self._raw_bytes = True, 0  # the next request's headers come next
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse(431, "Request Header Fields Too Large")
+        else:
+            super().send_400_response(msg)
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._too_large = True
+            raise _HeadersTooLarge  # stops the parser; uvicorn then calls send_400_response
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._in_headers:
+            self._refuse(408, "Request Timeout")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        if self.transport.is_closing():
+            return
+        self.transport.write(
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(reason)}\r\nconnection: close\r\n\r\n{reason}".encode()
+        )
+        self.transport.close()
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -65,7 +159,7 @@ def make_server(app: Any) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         loop="none",
-        http="httptools",
+        http=_Protocol,
         lifespan="off",
         access_log=False,
         log_level="warning",

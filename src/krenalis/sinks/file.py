@@ -67,7 +67,7 @@ class FileSink:
             await asyncio.to_thread(self._append, chunks)
         except OSError as exc:
             reason = _os_reason(exc)
-            logger.warning("File sink could not write a batch.", extra={"reason": reason})
+            logger.debug("File sink could not write a batch.", extra={"reason": reason})
             retry = Retry(reason)
             return [retry if isinstance(o, Delivered) else o for o in outcomes]
         logger.debug(

@@ -386,4 +386,4 @@ def _log_summary(target: str, outcomes: list[Outcome]) -> None:
     fields["rejected"] = sum(isinstance(o, Rejected) for o in failures)
     # The first failure that is not just a consequence of another one says what went wrong.
     fields["reason"] = next((o.reason for o in failures if o.reason != BLOCKED_REASON), "")
-    logger.warning("Webhook did not deliver some events of the batch.", extra=fields)
+    logger.debug("Webhook did not deliver some events of the batch.", extra=fields)

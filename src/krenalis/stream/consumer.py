@@ -14,10 +14,11 @@ import logging
 from datetime import datetime
 
 from nats.aio.msg import Msg
-from nats.errors import MsgAlreadyAckdError
+from nats.errors import MsgAlreadyAckdError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
+from nats.js.errors import ServiceUnavailableError
 
 from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer
 
@@ -99,6 +100,7 @@ class PipelineConsumer:
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
         self._last_heartbeat_error = ""
+        self._leaderless = False
 
     async def start(self) -> None:
         """Create (or update) the durable consumer and bind to it."""
@@ -119,6 +121,17 @@ class PipelineConsumer:
             msgs = await self._sub.fetch(batch, timeout=timeout)
         except (TimeoutError, NatsTimeoutError):
             return []
+        except (ServiceUnavailableError, NoRespondersError):
+            # No leader for this consumer right now (a cluster node died, an election runs):
+            # fetch again later. What this worker holds stays held, heartbeats go on.
+            if not self._leaderless:
+                self._leaderless = True
+                log.warning("The consumer has no leader; retrying.", extra={"consumer": self.name})
+            await asyncio.sleep(timeout)
+            return []
+        if self._leaderless:
+            self._leaderless = False
+            log.info("The consumer has a leader again.", extra={"consumer": self.name})
         deliveries = [Delivery(m, self) for m in msgs]
         for d in deliveries:
             self._tracked[id(d)] = d

@@ -146,7 +146,8 @@ class WarehouseSink:
                 reason = _describe(exc)
                 if isinstance(exc, TimeoutError):
                     reason = f"the write did not finish within {self._timeout:g} s"
-                log.warning(
+                # Debug: the worker logs a failing pipeline once per change of reason.
+                log.debug(
                     "Cannot write events to the warehouse; they will be retried.",
                     extra={"reason": reason, "events": len(rows)},
                 )
