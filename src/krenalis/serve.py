@@ -156,6 +156,7 @@ class _Process:
             self.workers = Workers(
                 conn.js, ack_wait=self.settings.nats_ack_wait, warehouse_dsn=dsn,
                 only=self.roles.only_pipelines or None,
+                create_consumers="KRENALIS_CHILD" not in os.environ,
             )  # fmt: skip
             await self.workers.apply(workspace)
         if self.roles.collector:

@@ -79,6 +79,7 @@ class PipelineWorker:
         *,
         shard: int = 0,
         settings: WorkerSettings | None = None,
+        create_consumer: bool = True,
     ) -> None:
         self.js = js
         self.pipeline = pipeline
@@ -90,12 +91,17 @@ class PipelineWorker:
         self.last_delivery: float | None = None
         self.last_error = ""
         self._stopping = asyncio.Event()
+        self._started_once = False
+        self._create_consumer = create_consumer
         self._failing_reason = ""
 
     async def run(self) -> None:
         if self._stopping.is_set():  # stopped before it ran: do not (re)create the consumer
             return
-        await self.consumer.start()
+        # Only the first start creates the consumer: after a crash it may be gone because the
+        # pipeline was removed meanwhile, and must stay gone.
+        await self.consumer.start(create=self._create_consumer and not self._started_once)
+        self._started_once = True
         log.info("Worker started.", extra={"pipeline": self.pipeline, "shard": self.shard})
         try:
             while not self._stopping.is_set():

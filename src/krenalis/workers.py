@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from krenalis.sinks.base import Sink
 from krenalis.sinks.file import FileSink
@@ -62,8 +63,11 @@ class Workers:
         ack_wait: float,
         warehouse_dsn: str | None,
         only: set[str] | None = None,
+        create_consumers: bool = True,
     ) -> None:
         self.js = js
+        # False in serve's worker process: serve owns the layout and removes consumers.
+        self.create_consumers = create_consumers
         self.ack_wait = ack_wait
         self.warehouse_dsn = warehouse_dsn
         self.only = only
@@ -98,7 +102,10 @@ class Workers:
             ack_wait=self.ack_wait,
         )
         sink = make_sink(pipeline, workspace, self.warehouse_dsn)
-        worker = PipelineWorker(self.js, pipeline.id, sink, shard=key[1], settings=settings)
+        worker = PipelineWorker(
+            self.js, pipeline.id, sink, shard=key[1], settings=settings,
+            create_consumer=self.create_consumers,
+        )  # fmt: skip
         task = asyncio.create_task(_supervise(worker), name=f"worker-{key[0]}-{key[1]}")
         self.running[key] = _Running(worker, task, fingerprint)
 
@@ -132,6 +139,12 @@ async def _supervise(worker: PipelineWorker) -> None:
             return
         except asyncio.CancelledError:
             raise
+        except NotFoundError:
+            worker.last_error = "the pipeline's consumer does not exist"
+            log.warning(
+                "The pipeline's consumer is gone (removed from the workspace?); waiting.",
+                extra={"pipeline": worker.pipeline, "shard": worker.shard},
+            )
         except Exception as exc:
             worker.last_error = str(exc) or type(exc).__name__
             log.error(

@@ -119,7 +119,8 @@ async def test_removing_a_pipeline_while_events_flow_strands_nothing(deployment,
             await asyncio.sleep(0.5)
             deployment.write_workspace(workspace(a, b, ["b"]))
             serve.signal(signal.SIGHUP)
-            await serve.wait_log("Workspace reloaded.", 1)
+            # serve and its worker process both log "Workspace reloaded.": wait for the result.
+            await wait_for(lambda: names_are(js, {"EVENTS_web-b_0"}), what="a's consumer to go")
             await asyncio.sleep(0.5)
         finally:
             stop.set()
@@ -137,8 +138,10 @@ async def test_editing_the_file_reloads_without_a_signal(deployment, tmp_path):
         serve = deployment.start("serve")
         await serve.wait_healthy()
         deployment.write_workspace(workspace(a, b, ["a", "b"]))  # no SIGHUP
-        await serve.wait_log("Workspace reloaded.")
-        assert await consumer_names(js) == {"EVENTS_web-a_0", "EVENTS_web-b_0"}
+        await wait_for(
+            lambda: names_are(js, {"EVENTS_web-a_0", "EVENTS_web-b_0"}), what="b's consumer"
+        )
+        await serve.wait_log("Workspace reloaded.", 2)  # serve and its worker process
         events = [make_event(f"w-{i}") for i in range(5)]
         assert (await collector_answer(serve.base_url, events))["stored"] == 10
         await wait_for(lambda: len(file_events(b)) == 5, what="the events in b")

@@ -112,3 +112,34 @@ async def test_a_crash_looping_worker_stops_at_once_and_stays_stopped(js, tmp_pa
         assert await consumers(js) == set(), "the stopped worker came back"
     finally:
         await workers.stop_all()
+
+
+async def test_a_worker_whose_consumer_was_deleted_does_not_recreate_it(js, tmp_path):
+    """Another process removed the pipeline (deleted its consumer) before this one reloaded:
+    the worker waits for its stop, it never brings the consumer back."""
+    workers = Workers(js, ack_wait=30.0, warehouse_dsn=None)
+    await workers.apply(workspace(tmp_path / "out", "gone"))
+    await wait_for(lambda: consumers_are(js, {consumer_name("gone")}), what="the consumer")
+    await js.delete_consumer(STREAM, consumer_name("gone"))
+    await asyncio.sleep(3.0)  # the worker fetches on meanwhile
+    assert await consumers(js) == set()
+    started = time.monotonic()
+    await workers.apply(workspace(tmp_path / "out"))  # the reload that removes it
+    assert time.monotonic() - started < 5
+    assert await consumers(js) == set()
+
+
+async def consumers_are(js: JetStreamContext, expected: set[str]) -> bool:
+    return await consumers(js) == expected
+
+
+async def test_workers_that_do_not_manage_the_layout_never_create_consumers(js, tmp_path, caplog):
+    """`serve`'s worker process: serve creates consumers; a worker starting after the pipeline
+    was removed waits (and says so) instead of bringing its consumer back."""
+    workers = Workers(js, ack_wait=30.0, warehouse_dsn=None, create_consumers=False)
+    with caplog.at_level(logging.WARNING, logger="krenalis.worker"):
+        await workers.apply(workspace(tmp_path / "out", "removed"))
+        await wait_for(lambda: "consumer is gone" in caplog.text, what="the warning", timeout=10)
+    assert await consumers(js) == set()
+    await workers.apply(workspace(tmp_path / "out"))
+    assert workers.running == {}

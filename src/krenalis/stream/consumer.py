@@ -102,9 +102,13 @@ class PipelineConsumer:
         self._last_heartbeat_error = ""
         self._leaderless = False
 
-    async def start(self) -> None:
-        """Create (or update) the durable consumer and bind to it."""
-        await ensure_consumer(self.js, self.pipeline, self.shard, self.ack_wait)
+    async def start(self, create: bool = True) -> None:
+        """Create (or update) the durable consumer and bind to it; with create=False, bind only
+        (NotFoundError if it is gone: a removed pipeline must not get its consumer back)."""
+        if create:
+            await ensure_consumer(self.js, self.pipeline, self.shard, self.ack_wait)
+        else:
+            await self.js.consumer_info(STREAM, self.name)
         self._sub = await self.js.pull_subscribe_bind(self.name, stream=STREAM)
         self._heartbeat = asyncio.create_task(self._heartbeats(), name=f"heartbeat-{self.name}")
 
