@@ -35,6 +35,7 @@ async def test_a_batch_is_stored_atomically_with_consecutive_sequences(nats_sett
         assert not any(a.duplicate for a in acks)
         last = await conn.js.get_msg(STREAM, seqs[-1])
         assert last.data == b"data-m2499"
+        assert "Nats-Batch-Id" in (last.headers or {})  # it went as an atomic batch
     finally:
         await conn.close()
 
@@ -43,26 +44,30 @@ async def test_a_retried_batch_falls_back_and_is_stored_once(nats_settings):
     conn = await connected(nats_settings)
     publisher = Publisher(conn.nc)
     try:
-        first = await publisher.publish(copies(["a", "b", "c"]))
+        first = await publisher.publish(copies(["a", "b", "c"] + [f"f{i}" for i in range(60)]))
         # The whole batch again (a client retry), then a batch mixing old and new ids. The
         # server refuses such a batch at once: no waiting for a PubAck that never comes.
         started = time.monotonic()
-        again = await publisher.publish(copies(["a", "b", "c"]))
+        again = await publisher.publish(copies(["a", "b", "c"] + [f"f{i}" for i in range(60)]))
         assert time.monotonic() - started < 2.5
-        assert [a.duplicate for a in again] == [True, True, True]
+        assert all(a.duplicate for a in again)
         assert [a.seq for a in again] == [a.seq for a in first]
-        mixed = await publisher.publish(copies(["c", "d", "d", "e"]))
-        assert [bool(a.duplicate) for a in mixed] == [True, False, True, False]
-        assert await stored(conn) == 5
+        mixed = await publisher.publish(copies(["c", "d", "d", "e"] + [f"g{i}" for i in range(60)]))
+        assert [bool(a.duplicate) for a in mixed[:4]] == [True, False, True, False]
+        assert await stored(conn) == 63 + 62
     finally:
         await conn.close()
 
 
-async def test_without_atomic_batches_each_copy_gets_its_pubAck(nats_settings):
+async def test_small_or_non_atomic_publishes_go_one_by_one(nats_settings):
     conn = await connected(nats_settings)
     try:
-        acks = await Publisher(conn.nc, atomic=False).publish(copies(["x", "y"]))
-        assert len({a.seq for a in acks}) == 2 and await stored(conn) == 2
+        acks = await Publisher(conn.nc, atomic=False).publish(copies(f"x{i}" for i in range(60)))
+        small = await Publisher(conn.nc).publish(copies(["y", "z"]))  # under MIN_ATOMIC
+        assert len({a.seq for a in acks + small}) == 62 and await stored(conn) == 62
+        for ack in (acks[-1], small[-1]):
+            stored_msg = await conn.js.get_msg(STREAM, ack.seq)
+            assert "Nats-Batch-Id" not in (stored_msg.headers or {})
     finally:
         await conn.close()
 

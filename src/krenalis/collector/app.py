@@ -64,7 +64,11 @@ class Collector:
         publisher: Publisher | None = None,
     ) -> None:
         self.conn = conn
-        self.publisher = publisher or Publisher(conn.nc, alive=lambda: conn.down_for() < 1.0)
+        self.publisher = publisher or Publisher(
+            conn.nc,
+            alive=lambda: conn.down_for() < 1.0,
+            atomic=conn.settings.nats_sync_interval == "always",
+        )
         self.metrics_enabled = metrics_enabled
         self.set_workspace(workspace)
 

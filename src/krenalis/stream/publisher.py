@@ -37,6 +37,11 @@ log = logging.getLogger("krenalis.stream")
 MAX_IN_FLIGHT = 4096
 #: The server's limit of messages in one atomic batch.
 MAX_BATCH = 1000
+#: Fewer copies than this go one by one: an atomic batch saves fsyncs, but a stream commits
+#: only a few hundred batches a second (measured: bench/RESULTS.md), so small ones lose.
+MIN_ATOMIC = 50
+#: Atomic batches in flight per process (the server allows 50 per stream).
+MAX_ATOMIC_IN_FLIGHT = 16
 
 
 class PublishError(RuntimeError):
@@ -149,7 +154,9 @@ class Publisher:
     ) -> None:
         self.nc = nc
         self.inbox = _AckInbox(nc)
+        # Worth it only when the server fsyncs every write (sync_interval: always).
         self.atomic = atomic
+        self.atomic_slots = asyncio.Semaphore(MAX_ATOMIC_IN_FLIGHT)
         self.timeout = timeout
         self.deadline = deadline
         # False once NATS has been gone for a while: stop retrying and let the caller answer 503.
@@ -158,14 +165,15 @@ class Publisher:
     async def publish(self, messages: list[OutMessage]) -> list[PubAck]:
         """Store every message; raise PublishError if some are still unstored at the deadline.
 
-        Several messages go as JetStream atomic batches first (ADR-50: stored all at once, one
-        fsync and one PubAck per batch: 4x the throughput with `sync_interval: always`). A
+        With `atomic`, requests of MIN_ATOMIC copies or more go as JetStream atomic batches first
+        (ADR-50: stored at once, one fsync and one PubAck per batch: 4x the throughput of
+        a server with `sync_interval: always`). A
         batch is refused whole if one id is a duplicate (a client retrying a request), and may
         fail during a leader election: then its messages go one by one, where each duplicate is
         dropped alone and each failure is retried with the same id.
         """
         await self.inbox.start()
-        if not self.atomic or len(messages) < 2:
+        if not self.atomic or len(messages) < MIN_ATOMIC:
             return await self._one_by_one(messages)
         chunks = [messages[i : i + MAX_BATCH] for i in range(0, len(messages), MAX_BATCH)]
         results = await asyncio.gather(*(self._atomic_or_one_by_one(c) for c in chunks))
@@ -173,7 +181,8 @@ class Publisher:
 
     async def _atomic_or_one_by_one(self, messages: list[OutMessage]) -> list[PubAck]:
         try:
-            commit = await self._atomic(messages)
+            async with self.atomic_slots:
+                commit = await self._atomic(messages)
         except (NatsError, TimeoutError, ConnectionError) as exc:
             log.debug("Atomic batch refused; publishing one by one.", extra={"error": _describe(exc)})
             return await self._one_by_one(messages)
