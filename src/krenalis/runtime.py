@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import replace
 
-from krenalis._process import stop_leftover
 from krenalis.config import Settings
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.embedded import EmbeddedNats
@@ -29,17 +27,12 @@ class StreamRuntime:
 
     async def start(self, connect_timeout: float | None = None) -> NatsConnection:
         if self.settings.embedded_nats:
-            # Before choosing the port: a server left by a SIGKILLed serve still holds it.
-            store = (self.settings.data_dir / "nats").resolve()
-            marker = str(store / "nats-server.conf").encode()
-            await asyncio.to_thread(stop_leftover, store / "nats-server.pid", marker)
             self.embedded = EmbeddedNats(
                 self.settings.data_dir / "nats",
-                port=_saved_port(self),
                 sync_interval=self.settings.nats_sync_interval,
+                remember_port=True,
             )
             await asyncio.to_thread(self.embedded.start)
-            (self.settings.data_dir / "nats" / "port").write_text(str(self.embedded.port))
             self.settings = replace(self.settings, nats_urls=(self.embedded.url,))
         self.conn = NatsConnection(self.settings, name=self.name)
         log.info("Connecting to NATS.", extra={"servers": self.conn.servers})
@@ -53,18 +46,3 @@ class StreamRuntime:
             await self.conn.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
-
-
-def _saved_port(runtime: StreamRuntime) -> int | None:
-    """Reuse the embedded server's previous port so a restart keeps the same URL."""
-    path = runtime.settings.data_dir / "nats" / "port"
-    with contextlib.suppress(OSError, ValueError):
-        port = int(path.read_text())
-        import socket
-
-        with socket.socket() as s:
-            # As nats-server binds: the last run's connections in TIME_WAIT do not hold the port.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-        return port
-    return None

@@ -118,3 +118,17 @@ def test_a_server_left_running_on_the_store_is_stopped_first(tmp_path):
     finally:
         fresh.kill()
         leftover.kill()
+
+
+def test_a_remembered_port_is_reused_after_a_restart(tmp_path):
+    first = EmbeddedNats(tmp_path / "nats", remember_port=True)
+    first.start()
+    port = first.port
+    first.kill()  # as a crash would end it
+    again = EmbeddedNats(tmp_path / "nats", remember_port=True)
+    try:
+        again.start()
+        assert again.port == port and again.server_name == f"krenalis-{port}"
+        assert (tmp_path / "nats" / "port").read_text() == str(port)
+    finally:
+        again.kill()

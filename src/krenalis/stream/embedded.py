@@ -7,6 +7,7 @@ class for single nodes and 3-node clusters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -34,6 +35,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _saved_port(path: Path) -> int | None:
+    """The port written by the last run, if it can be bound again."""
+    with contextlib.suppress(OSError, ValueError):
+        port = int(path.read_text())
+        with socket.socket() as s:
+            # As nats-server binds: the last run's connections in TIME_WAIT do not hold the port.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+        return port
+    return None
+
+
 class EmbeddedNats:
     """One nats-server process with JetStream, on 127.0.0.1."""
 
@@ -48,10 +61,14 @@ class EmbeddedNats:
         sync_interval: str = "always",
         auth_block: str = "",
         jetstream: bool = True,
+        remember_port: bool = False,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
-        self.server_name = server_name or f"krenalis-{self.port}"
+        self._port_given = port is not None
+        #: Reuse the port of the last run on this store, so a restart keeps the same URL.
+        self.remember_port = remember_port
+        self._server_name = server_name
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.sync_interval = sync_interval
@@ -62,6 +79,14 @@ class EmbeddedNats:
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def server_name(self) -> str:
+        return self._server_name or f"krenalis-{self.port}"
+
+    @property
+    def port_path(self) -> Path:
+        return self.store_dir / "port"
 
     @property
     def config_path(self) -> Path:
@@ -109,6 +134,8 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         # Two servers must never share a store: stop one a killed `serve` left running.
         stop_leftover(self.pid_path, str(self.config_path.resolve()).encode())
+        if self.remember_port and not self._port_given:
+            self.port = _saved_port(self.port_path) or self.port
         self.config_path.write_text(self.config_text())
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
@@ -122,6 +149,8 @@ class EmbeddedNats:
         except BaseException:
             self.kill()
             raise
+        if self.remember_port:
+            self.port_path.write_text(str(self.port))
         log.info("Embedded NATS server started.", extra={"url": self.url, "pid": self.process.pid})
 
     def _wait_ready(self, timeout: float) -> None:
