@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from fixtures.nats_servers import settings_for
+from fixtures.nats_servers import connected, settings_for
 from krenalis.stream.connection import NatsConnection, ServerTooOldError, check_server_version
 from krenalis.stream.embedded import EmbeddedNats, free_port
-from krenalis.stream.layout import STREAM, ensure_consumer, ensure_streams
+from krenalis.stream.layout import STREAM
 from krenalis.stream.publisher import Publisher, copy_for
 
 
@@ -24,13 +24,9 @@ async def wait_for(predicate, timeout: float = 15.0) -> None:
 async def test_unusable_while_server_down_and_back_after_restart(tmp_path):
     server = EmbeddedNats(tmp_path / "nats")
     server.start()
-    settings = settings_for(server.url)
-    conn = NatsConnection(settings)
+    conn = None
     try:
-        await conn.connect(timeout=10)
-        await ensure_streams(conn.js, settings)
-        await ensure_consumer(conn.js, "p", 0, 30)
-        conn.set_stream_ready()
+        conn = await connected(settings_for(server.url), "p")
         assert await conn.wait_usable()
 
         server.kill()
@@ -46,19 +42,17 @@ async def test_unusable_while_server_down_and_back_after_restart(tmp_path):
         await Publisher(conn.nc).publish([copy_for("p", 0, b"x", "after-restart")])
         assert (await conn.js.stream_info(STREAM)).state.messages == 1
     finally:
-        await conn.close()
+        if conn is not None:
+            await conn.close()
         server.kill()
 
 
 async def test_publish_waits_through_a_short_outage(tmp_path):
     server = EmbeddedNats(tmp_path / "nats")
     server.start()
-    settings = settings_for(server.url)
-    conn = NatsConnection(settings)
+    conn = None
     try:
-        await conn.connect(timeout=10)
-        await ensure_streams(conn.js, settings)
-        await ensure_consumer(conn.js, "p", 0, 30)
+        conn = await connected(settings_for(server.url), "p")
         server.kill()
         await wait_for(lambda: not conn.nc.is_connected)
         publisher = Publisher(conn.nc, timeout=1.0, deadline=20.0)
@@ -69,7 +63,8 @@ async def test_publish_waits_through_a_short_outage(tmp_path):
         [ack] = await asyncio.wait_for(publishing, 25)
         assert ack.stream == STREAM
     finally:
-        await conn.close()
+        if conn is not None:
+            await conn.close()
         server.kill()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nats.js.api import RetentionPolicy, StorageType, StoreCompression
 
-from fixtures.nats_servers import settings_for
+from fixtures.nats_servers import connected, settings_for
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import (
     DLQ_STREAM,
@@ -15,14 +15,6 @@ from krenalis.stream.layout import (
     remove_pipeline,
 )
 from krenalis.stream.publisher import Publisher, copy_for
-
-
-async def connected(settings) -> NatsConnection:
-    conn = NatsConnection(settings)
-    await conn.connect(timeout=10)
-    await ensure_streams(conn.js, settings)
-    conn.set_stream_ready()
-    return conn
 
 
 async def test_stream_created_with_configured_storage_and_compression(nats_server):

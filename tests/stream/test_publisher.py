@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import time
 
+from fixtures.nats_servers import connected
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.layout import STREAM, ensure_consumer, ensure_streams
+from krenalis.stream.layout import STREAM
 from krenalis.stream.publisher import Publisher, copy_for, message_id
-
-
-async def connected(settings) -> NatsConnection:
-    conn = NatsConnection(settings)
-    await conn.connect(timeout=10)
-    await ensure_streams(conn.js, settings)
-    await ensure_consumer(conn.js, "p", 0, 30)
-    return conn
 
 
 def copies(ids):
@@ -26,7 +19,7 @@ async def stored(conn: NatsConnection) -> int:
 
 
 async def test_a_batch_is_stored_atomically_with_consecutive_sequences(nats_settings):
-    conn = await connected(nats_settings)
+    conn = await connected(nats_settings, "p")
     try:
         acks = await Publisher(conn.nc).publish(copies(f"m{i}" for i in range(2500)))
         assert await stored(conn) == 2500
@@ -41,7 +34,7 @@ async def test_a_batch_is_stored_atomically_with_consecutive_sequences(nats_sett
 
 
 async def test_a_retried_batch_falls_back_and_is_stored_once(nats_settings):
-    conn = await connected(nats_settings)
+    conn = await connected(nats_settings, "p")
     publisher = Publisher(conn.nc)
     try:
         first = await publisher.publish(copies(["a", "b", "c"] + [f"f{i}" for i in range(60)]))
@@ -60,7 +53,7 @@ async def test_a_retried_batch_falls_back_and_is_stored_once(nats_settings):
 
 
 async def test_small_or_non_atomic_publishes_go_one_by_one(nats_settings):
-    conn = await connected(nats_settings)
+    conn = await connected(nats_settings, "p")
     try:
         acks = await Publisher(conn.nc, atomic=False).publish(copies(f"x{i}" for i in range(60)))
         small = await Publisher(conn.nc).publish(copies(["y", "z"]))  # under MIN_ATOMIC
