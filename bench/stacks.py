@@ -120,26 +120,13 @@ class NatsNodes:
     """One node or a cluster of nats-server processes started by the harness."""
 
     def __init__(self, root: Path, *, size: int = 1, sync_interval: str = "always") -> None:
-        from krenalis.stream.embedded import EmbeddedNats
+        from krenalis.stream.embedded import EmbeddedNats, local_cluster
 
         self.sync_interval = sync_interval
-        ports = [free_port() for _ in range(size)]
         if size == 1:
-            self.nodes = [EmbeddedNats(root / "n0", port=ports[0], sync_interval=sync_interval)]
+            self.nodes = [EmbeddedNats(root / "n0", sync_interval=sync_interval)]
         else:
-            cports = [free_port() for _ in range(size)]
-            routes = [f"nats://127.0.0.1:{p}" for p in cports]
-            self.nodes = [
-                EmbeddedNats(
-                    root / f"n{i}",
-                    port=ports[i],
-                    server_name=f"n{i}",
-                    cluster_port=cports[i],
-                    routes=[r for j, r in enumerate(routes) if j != i],
-                    sync_interval=sync_interval,
-                )
-                for i in range(size)
-            ]
+            self.nodes = local_cluster(root, size, sync_interval=sync_interval)
 
     @property
     def urls(self) -> list[str]:
@@ -169,25 +156,9 @@ class NatsNodes:
         """A cluster's JetStream meta layer needs a leader (a few seconds) before use."""
         import asyncio
 
-        import nats
+        from krenalis.stream.embedded import wait_for_jetstream
 
-        async def wait() -> None:
-            nc = await nats.connect(self.urls)
-            try:
-                js = nc.jetstream()
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        await js.account_info()
-                        return
-                    except Exception:
-                        if time.monotonic() > deadline:
-                            raise
-                        await asyncio.sleep(0.25)
-            finally:
-                await nc.close()
-
-        asyncio.run(wait())
+        asyncio.run(wait_for_jetstream(self.urls, timeout))
 
     def stop(self) -> None:
         for node in self.nodes:

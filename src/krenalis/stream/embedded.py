@@ -7,6 +7,7 @@ class for single nodes and 3-node clusters.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -16,10 +17,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import nats
+
 from krenalis._process import stop_leftover
 from krenalis.stream.natsserver import nats_server_path, quote
 
-__all__ = ["EmbeddedNats", "NatsServerError", "free_port"]
+__all__ = ["EmbeddedNats", "NatsServerError", "free_port", "local_cluster", "wait_for_jetstream"]
 
 log = logging.getLogger("krenalis.stream")
 
@@ -208,3 +211,42 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def local_cluster(root: Path, size: int = 3, *, sync_interval: str = "2m") -> list[EmbeddedNats]:
+    """`size` JetStream nodes (n0, n1, ...) on loopback, routed to each other; not started.
+
+    The NATS default sync interval: replication, not fsync, protects a cluster's writes.
+    """
+    ports = [free_port() for _ in range(size)]
+    cluster_ports = [free_port() for _ in range(size)]
+    routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports]
+    return [
+        EmbeddedNats(
+            root / f"n{i}",
+            port=ports[i],
+            server_name=f"n{i}",
+            cluster_port=cluster_ports[i],
+            routes=[r for j, r in enumerate(routes) if j != i],
+            sync_interval=sync_interval,
+        )
+        for i in range(size)
+    ]
+
+
+async def wait_for_jetstream(urls: list[str], timeout: float = 30.0) -> None:
+    """Wait until JetStream answers (a cluster's meta layer needs a leader: a few seconds)."""
+    nc = await nats.connect(urls)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await js.account_info()
+                return
+            except Exception:  # no meta leader yet: timeouts, 503s
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
+    finally:
+        await nc.close()
