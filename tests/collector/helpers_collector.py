@@ -18,7 +18,8 @@ from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.embedded import EmbeddedNats
-from krenalis.stream.layout import STREAM, consumer_name
+from krenalis.stream.layout import STREAM, consumer_name, subject
+from krenalis.stream.pruning import Pruner
 from krenalis.workspace import Workspace
 
 WRITE_KEY = "Kc0l1ect0rTestWr1teKey0123456789"  # 32 characters, as generate_write_key() makes
@@ -111,11 +112,19 @@ class CollectorHarness:
     async def take(
         self, pipeline: str, expected: int | None = None, timeout: float = 5.0
     ) -> list[Stored]:
-        """Fetch and ack what is stored for `pipeline`.
+        """Fetch and ack what is stored for `pipeline`, and remove it from the stream as a worker
+        does (acks are synchronous, so the ack floor is current when the pruner reads it).
 
         With `expected`, wait (up to `timeout`) until that many arrived and then check that no
         more follow; without it, take whatever is there now.
         """
+        found = await self._fetch_and_ack(pipeline, expected, timeout)
+        await Pruner(self.conn.js, consumer_name(pipeline), subject(pipeline)).prune()
+        return found
+
+    async def _fetch_and_ack(
+        self, pipeline: str, expected: int | None, timeout: float
+    ) -> list[Stored]:
         sub = await self._sub(pipeline)
         found: list[Stored] = []
         deadline = time.monotonic() + timeout

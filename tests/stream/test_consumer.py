@@ -28,6 +28,16 @@ async def setup(url: str, pipeline: str, ack_wait: float, count: int = 1):
     return conn
 
 
+async def stream_holds(conn: NatsConnection, count: int, timeout: float = 5.0) -> bool:
+    """Whether EVENTS comes to hold `count` messages (settled ones leave within a second)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (await conn.js.stream_info(STREAM)).state.messages != count:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 async def fetch_all(consumer: PipelineConsumer, want: int, timeout: float = 5.0):
     got = []
     deadline = asyncio.get_running_loop().time() + timeout
@@ -48,8 +58,7 @@ async def test_long_processing_with_heartbeats_is_delivered_once(nats_server):
         assert info.num_redelivered == 0 and info.num_ack_pending == 1
         assert await consumer.fetch(1, timeout=0.5) == []  # nothing redelivered meanwhile
         await delivery.ack()
-        await asyncio.sleep(0.2)
-        assert (await conn.js.stream_info(STREAM)).state.messages == 0
+        assert await stream_holds(conn, 0)
     finally:
         await consumer.close()
         await conn.close()
@@ -83,8 +92,7 @@ async def test_nothing_is_acked_before_the_caller_acks(nats_server):
         await batch[0].ack()
         await batch[0].ack()  # settling twice is harmless
         await batch[1].term("invalid event data")
-        await asyncio.sleep(0.3)
-        assert (await conn.js.stream_info(STREAM)).state.messages == 3
+        assert await stream_holds(conn, 3)
         assert consumer.in_flight == 3
     finally:
         await consumer.close()

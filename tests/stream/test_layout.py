@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nats.js.api import RetentionPolicy, StorageType, StoreCompression
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StoreCompression
 
 from fixtures.nats_servers import connected, settings_for
 from krenalis.stream.connection import NatsConnection
@@ -24,7 +24,8 @@ async def test_stream_created_with_configured_storage_and_compression(nats_serve
         info = await conn.js.stream_info(STREAM)
         cfg = info.config
         assert cfg.subjects == ["events.v1.>"]
-        assert cfg.retention == RetentionPolicy.WORK_QUEUE
+        assert cfg.retention == RetentionPolicy.LIMITS  # consumers remove what they acked
+        assert cfg.discard == DiscardPolicy.NEW  # a size limit never drops unprocessed events
         assert cfg.storage == StorageType.FILE
         assert cfg.num_replicas == 1
         assert cfg.compression == StoreCompression.S2

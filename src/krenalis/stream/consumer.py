@@ -4,6 +4,9 @@ Every fetched message is tracked until it is settled (ack, nak or term). While t
 `in_progress()` heartbeat every AckWait/3, as in the original, so long work (a slow warehouse, a
 destination retried for hours) never triggers a redelivery while this process lives. On close,
 what was not settled is handed back with a nak so another worker gets it at once.
+
+On a limits-retention EVENTS stream (the default) acked and termed messages are then removed in
+bulk by a Pruner (see pruning.py); on a WorkQueue stream each ack removes its message.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from nats.aio.msg import Msg
 from nats.errors import MsgAlreadyAckdError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo
+from nats.js.api import ConsumerInfo, RetentionPolicy
 from nats.js.errors import ServiceUnavailableError
 
-from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer
+from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer, subject
+from krenalis.stream.pruning import Pruner
 
 __all__ = ["Delivery", "PipelineConsumer"]
 
@@ -61,26 +65,26 @@ class Delivery:
         return self.msg.metadata.timestamp
 
     async def ack(self) -> None:
-        if self._settle():
+        if self._settle(done=True):
             await self.msg.ack()
 
     async def nak(self, delay: float | None = None) -> None:
-        if self._settle():
+        if self._settle(done=False):
             await self.msg.nak(delay=delay)
 
     async def term(self, reason: str = "") -> None:
-        """Never redeliver; on a WorkQueue stream the message is removed."""
-        if self._settle():
+        """Never redeliver; the message is removed like an acked one."""
+        if self._settle(done=True):
             # nats-py's term() takes no reason; the server accepts "+TERM <reason>" (2.10+).
             payload = b"+TERM " + reason.encode()[:512] if reason else b"+TERM"
             await self.msg._client.publish(self.msg.reply, payload)
             self.msg._ackd = True
 
-    def _settle(self) -> bool:
+    def _settle(self, done: bool) -> bool:
         if self.settled:
             return False
         self.settled = True
-        self._consumer._untrack(self)
+        self._consumer._untrack(self, done)
         return True
 
 
@@ -101,6 +105,8 @@ class PipelineConsumer:
         self._closing = False
         self._last_heartbeat_error = ""
         self._leaderless = False
+        self.pruner: Pruner | None = None
+        self._pruning: asyncio.Task[None] | None = None
 
     async def start(self, create: bool = True) -> None:
         """Create (or update) the durable consumer and bind to it; with create=False, bind only
@@ -111,6 +117,10 @@ class PipelineConsumer:
             await self.js.consumer_info(STREAM, self.name)
         self._sub = await self.js.pull_subscribe_bind(self.name, stream=STREAM)
         self._heartbeat = asyncio.create_task(self._heartbeats(), name=f"heartbeat-{self.name}")
+        stream = await self.js.stream_info(STREAM)
+        if stream.config.retention == RetentionPolicy.LIMITS:
+            self.pruner = Pruner(self.js, self.name, subject(self.pipeline, self.shard))
+            self._pruning = asyncio.create_task(self.pruner.run(), name=f"prune-{self.name}")
 
     @property
     def in_flight(self) -> int:
@@ -144,8 +154,10 @@ class PipelineConsumer:
             return []
         return deliveries
 
-    def _untrack(self, delivery: Delivery) -> None:
+    def _untrack(self, delivery: Delivery, done: bool = False) -> None:
         self._tracked.pop(id(delivery), None)
+        if done and self.pruner is not None:
+            self.pruner.settled(delivery.stream_seq)
 
     async def _heartbeats(self) -> None:
         interval = self.ack_wait / HEARTBEATS_PER_ACK_WAIT
@@ -176,10 +188,16 @@ class PipelineConsumer:
     async def close(self) -> None:
         """Stop fetching and heartbeats, and nak what was not settled so it is redelivered now."""
         self._closing = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._pruning):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.pruner is not None:
+            # Remove what was acked last, unless NATS is away. Before the naks: a purge drops the
+            # consumer's queued redeliveries (they would wait for AckWait instead).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pruner.prune_logged(), 2.0)
         await self._nak_all()
         if self._sub is not None:
             with contextlib.suppress(Exception):

@@ -1,16 +1,22 @@
 """The JetStream layout, compatible with the original Krenalis.
 
-- Stream `EVENTS`, subjects `events.v1.>`, WorkQueue retention: a message leaves the stream once
-  its pipeline's consumer acks it, which is what "removed only after processing is complete" means.
+- Stream `EVENTS`, subjects `events.v1.>`. A message leaves the stream once its pipeline's
+  consumer has acked it, which is what "removed only after processing is complete" means. The
+  original uses WorkQueue retention, where each ack deletes its message; with fsync on every
+  write that is one fsync per event, so new streams use limits retention and the consumers
+  remove what they acked in bulk (`pruning.py`). An existing WorkQueue stream is kept as it is
+  (NATS cannot change it), and works as in the original. Discard policy `new`: if someone sets a
+  size limit, a full stream refuses new events (503) instead of dropping unprocessed ones.
 - One subject and one durable pull consumer per pipeline and shard:
-  `events.v1.<pipeline>.<shard>` consumed by `EVENTS_<pipeline>_<shard>`. WorkQueue streams refuse
-  overlapping consumer filters, so there is exactly one consumer per subject.
+  `events.v1.<pipeline>.<shard>` consumed by `EVENTS_<pipeline>_<shard>`; exactly one consumer
+  per subject (WorkQueue streams enforce it; the pruning relies on it).
 - Dead letters live in their own stream, `EVENTS_DLQ` (subjects `dlq.v1.>`, limits retention).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 from nats.js import JetStreamContext
@@ -19,6 +25,7 @@ from nats.js.api import (
     ConsumerConfig,
     ConsumerInfo,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StoreCompression,
@@ -72,7 +79,8 @@ def stream_config(settings: Settings) -> StreamConfig:
     return StreamConfig(
         name=STREAM,
         subjects=[f"{SUBJECT_PREFIX}.>"],
-        retention=RetentionPolicy.WORK_QUEUE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.NEW,
         storage=StorageType.MEMORY if settings.nats_storage == "memory" else StorageType.FILE,
         num_replicas=settings.nats_replicas,
         compression=compression,
@@ -126,11 +134,23 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 async def _update_or_create(js: JetStreamContext, config: StreamConfig) -> bool:
     try:
-        await js.update_stream(config)
-        return False
+        current = await js.stream_info(config.name)
     except NotFoundError:
         await js.add_stream(config)
         return True
+    if current.config.retention != config.retention:
+        # NATS cannot change a stream's retention to or from WorkQueue: keep the existing one.
+        log.info(
+            "Keeping the existing stream's retention.",
+            extra={"stream": config.name, "retention": _value(current.config.retention)},
+        )
+        config = dataclasses.replace(config, retention=current.config.retention)
+    await js.update_stream(config)
+    return False
+
+
+def _value(enum: object) -> object:
+    return getattr(enum, "value", enum)
 
 
 def _unavailable_reason(exc: BaseException) -> str:
