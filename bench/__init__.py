@@ -5,7 +5,7 @@ Modules:
 - loadgen:     the load generator process (raw HTTP/1.1 keep-alive on uvloop, or httpx);
 - receiver:    a fast webhook receiver process that measures end-to-end latency;
 - baseline:    raw nats-py publishing of the same messages (publish_async, atomic batches);
-- experiments: NATS alone: publish modes by request size, WorkQueue ack cost;
+- experiments: NATS alone: publish modes by request size, ack cost (WorkQueue versus limits + purge);
 - procs:       starting and stopping processes by PID, and the psutil CPU/RSS monitor;
 - stacks:      what scenarios run against (krenalis serve/collector/worker, NATS nodes,
                receiver) and the probes that read each sink;

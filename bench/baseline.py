@@ -4,7 +4,7 @@ The payloads are the events of the load generator turned into their stream form 
 collector's own code (`decode_request` + `encode_event`, with the source's connectionId), so
 they have the same sizes as what Krenalis stores. Each copy goes to its pipeline's subject with
 `Nats-Msg-Id: <messageId>/<pipeline>`, like the collector's, into a stream of the same kind as
-EVENTS (WorkQueue, file storage, the same replicas and duplicate window) on the same NATS
+EVENTS (limits retention, file storage, the same replicas and duplicate window) on the same NATS
 server(s), with the same in-flight window (`publish_async_max_pending=2048`). One process,
 uvloop, no HTTP: what nats-py alone can do here.
 
@@ -89,7 +89,7 @@ async def _add_stream(js, name: str, replicas: int, atomic: bool) -> str:
         StreamConfig(
             name=name,
             subjects=[f"{prefix}.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
+            retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=replicas,
             duplicate_window=120.0,

@@ -7,9 +7,10 @@
   publishes with `Nats-Batch-Id`/`Nats-Batch-Sequence` headers and only the last one
   (`Nats-Batch-Commit: 1`) waits for a PubAck. With `sync_interval: always` the server then
   fsyncs once per batch instead of once per message.
-- `acks`: how fast a WorkQueue consumer's acks are applied (each ack deletes a message; with
-  `sync_interval: always` each delete is written and fsynced): fetch batches of 1,000, `ack()`
-  each, and time until the stream is empty.
+- `acks`: how fast acked messages leave the stream: fetch batches of 1,000, `ack()` each, and
+  time until the stream is empty, (a) on a WorkQueue stream, where each ack deletes its message
+  (with `sync_interval: always` each delete is written and fsynced), versus (b) on a limits
+  stream purged up to the consumer's ack floor every 0.5 s, as Krenalis does (stream/pruning.py).
 
 Run: python -m bench.experiments --url nats://127.0.0.1:4222 --mode publish|acks
 """
@@ -26,14 +27,14 @@ import uuid
 __all__ = ["main"]
 
 
-async def _stream(js, name: str, atomic: bool) -> None:
+async def _stream(js, name: str, atomic: bool, limits: bool = False) -> None:
     from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
     await js.add_stream(
         StreamConfig(
             name=name,
             subjects=[f"{name.lower()}.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
+            retention=RetentionPolicy.LIMITS if limits else RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=120.0,
             allow_atomic=atomic or None,
@@ -104,13 +105,22 @@ async def publish(url: str, *, batch: int, requests: int, total: int, seconds: f
 
 
 async def acks(url: str, *, total: int) -> dict:
+    """Acked messages removed per second: WorkQueue (each ack deletes) versus limits + purge."""
+    return {
+        "workqueue": await _acks(url, total=total, limits=False),
+        "limits": await _acks(url, total=total, limits=True),
+    }
+
+
+async def _acks(url: str, *, total: int, limits: bool) -> dict:
     import nats
     from nats.js.api import AckPolicy, ConsumerConfig
 
     nc = await nats.connect(url, name="bench-experiments")
     js = nc.jetstream(timeout=10.0)
     name = "BENCH_ACKS"
-    await _stream(js, name, atomic=True)
+    subject = f"{name.lower()}.p.0"
+    await _stream(js, name, atomic=True, limits=limits)
     payload = b"x" * 800
     for _ in range(total // 500):  # fill fast: atomic batches of 500
         bid = uuid.uuid4().hex
@@ -119,14 +129,23 @@ async def acks(url: str, *, total: int) -> dict:
             if i in (1, 500):
                 if i == 500:
                     h["Nats-Batch-Commit"] = "1"
-                await nc.request(f"{name.lower()}.p.0", payload, headers=h, timeout=10)
+                await nc.request(subject, payload, headers=h, timeout=10)
             else:
-                await nc.publish(f"{name.lower()}.p.0", payload, headers=h)
+                await nc.publish(subject, payload, headers=h)
     await js.add_consumer(
         name,
         ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000),
     )
     sub = await js.pull_subscribe_bind("c", stream=name)
+
+    async def purge_to_ack_floor() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            floor = (await js.consumer_info(name, "c")).ack_floor.stream_seq
+            if floor:
+                await js.purge_stream(name, subject=subject, seq=floor + 1)
+
+    pruner = asyncio.create_task(purge_to_ack_floor()) if limits else None
     started = time.perf_counter()
     n = 0
     while n < total:
@@ -138,6 +157,8 @@ async def acks(url: str, *, total: int) -> dict:
     while (await js.stream_info(name)).state.messages > 0:
         await asyncio.sleep(0.01)
     applied = time.perf_counter() - started
+    if pruner is not None:
+        pruner.cancel()
     await js.delete_stream(name)
     await nc.close()
     return {"fetch_ack_per_s": total / fetched, "acks_applied_per_s": total / applied}

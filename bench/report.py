@@ -352,9 +352,12 @@ def write_report(path: Path, runner, opts, *, command: str, elapsed: float) -> N
             "(a) with `publish_async` (one PubAck per copy) and (b) as one JetStream atomic batch "
             "per request (ADR-50: plain publishes with `Nats-Batch-Id`/`-Sequence`, a PubAck "
             "for the commit only); then 20,000 messages fetched by 1,000 and acked one by one "
-            "(`ack()`), as a worker does. Each ack deletes a message from the WorkQueue stream; "
-            "with `sync_interval: always` each delete is written and fsynced, so `acks applied/s` "
-            "(the rate at which the stream empties) is a ceiling for end-to-end delivery.")  # fmt: skip
+            "(`ack()`), as a worker does, and the time until the stream is empty: on a WorkQueue "
+            "stream each ack deletes its message, and with `sync_interval: always` each delete "
+            "is written and fsynced; on a limits stream purged up to the consumer's ack floor "
+            "every 0.5 s (what Krenalis does, `stream/pruning.py`) one purge removes thousands. "
+            "`removed/s` (the rate at which the stream empties) is a ceiling for end-to-end "
+            "delivery.")  # fmt: skip
         add("")
         add("| sync | copies per request | publish_async msgs/s | atomic batches msgs/s | "
             "atomic batches/s |")  # fmt: skip
@@ -367,12 +370,14 @@ def write_report(path: Path, runner, opts, *, command: str, elapsed: float) -> N
                 add(f"| {m['sync']} | {b} | {_n(pa)} | {_n(at)} | "
                     f"{_n(at / b if at else None)} |")  # fmt: skip
         add("")
-        add("| sync | fetch + ack() msgs/s (client side) | acks applied/s (stream emptied) |")
-        add("|---|---|---|")
+        add("| sync | stream | fetch + ack() msgs/s (client side) | removed/s (stream emptied) |")
+        add("|---|---|---|---|")
         for m in nats_rows:
-            ack = m.get("acks") or {}
-            add(f"| {m['sync']} | {_n(ack.get('fetch_ack_per_s'))} | "
-                f"{_n(ack.get('acks_applied_per_s'))} |")  # fmt: skip
+            for mode, label in (("workqueue", "WorkQueue, ack deletes"),
+                                ("limits", "limits, purge to ack floor")):  # fmt: skip
+                ack = (m.get("acks") or {}).get(mode) or {}
+                add(f"| {m['sync']} | {label} | {_n(ack.get('fetch_ack_per_s'))} | "
+                    f"{_n(ack.get('acks_applied_per_s'))} |")  # fmt: skip
         add("")
 
     add("## 5. Where the CPU goes")
@@ -420,8 +425,8 @@ METHOD = """
 - **Baselines** (`bench/baseline.py`, its own process, uvloop): the events of the generator
   turned into their stream form by the collector's own code (`decode_request` + `encode_event`),
   so the same sizes; one copy per pipeline with `Nats-Msg-Id: <messageId>/<pipeline>`; a
-  WorkQueue file stream with the same replicas and duplicate window on the same server(s), right
-  after the load phase. Two modes: `publish_async` with a 2,048 in-flight window (one PubAck per
+  limits-retention file stream (like EVENTS) with the same replicas and duplicate window on the
+  same server(s), right after the load phase. Two modes: `publish_async` with a 2,048 in-flight window (one PubAck per
   copy), and atomic batches (ADR-50) of one request's copies, as many in flight as the generator
   had connections (the collector publishes a request's copies that way). As many copies as the
   first phase of the scenario stored, capped by time; msgs/s = acked ÷ (first publish → last
@@ -442,6 +447,6 @@ METHOD = """
   set size (PSS), so its shared buffers are counted once.
 - **Ingest only** runs `krenalis collector` against a nats-server the harness starts (the
   embedded server's configuration), because `krenalis serve` always runs the workers of its
-  pipelines; with no consumer the events stay in the WorkQueue stream, which is purged between
+  pipelines; with no consumer the events stay in the stream, which is purged between
   phases.
 """

@@ -497,7 +497,8 @@ class Runner:
 
 def nats_level(runner: Runner) -> None:
     """NATS alone, with fsync always and with 2m: atomic batches versus publish_async for
-    requests of 10 and 100 copies, and how fast a WorkQueue consumer's acks are applied."""
+    requests of 10 and 100 copies, and how fast acked messages leave a WorkQueue stream and a
+    limits stream purged up to the ack floor."""
     o = runner.opts
     for sync in ("always", "2m"):
         root = runner.dir(f"nats-{sync}")
