@@ -48,6 +48,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, help="load generator connections (batch >= 10)")
     p.add_argument("--event-size", type=int, help="bytes per event (default ~400)")
     p.add_argument("--latency-rate", type=float, help="events/s of the warehouse latency run")
+    p.add_argument("--sustained-rate", type=float,
+                   help="events/s the warehouse must keep up with (default 10,000)")  # fmt: skip
+    p.add_argument("--sustained-duration", type=float,
+                   help="measured seconds of the sustained warehouse run (default 60)")  # fmt: skip
     p.add_argument(
         "--quiet-wait",
         type=float,
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.warmup = 1.5
         opts.baseline_seconds, opts.quiet_wait = 4.0, 5.0
     for name in ("ingest_duration", "e2e_duration", "short_duration", "warmup", "connections", "event_size",
-                 "latency_rate", "quiet_wait"):  # fmt: skip
+                 "latency_rate", "sustained_rate", "sustained_duration", "quiet_wait"):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
             setattr(opts, name, value)

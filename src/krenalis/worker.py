@@ -195,12 +195,11 @@ class PipelineWorker:
 
     async def _settle(self, batch: list[_Held], outcomes: list[Outcome]) -> None:
         done: set[int] = set()
-        now = time.time()
+        delivered: list[dict] = []
         for held, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Delivered):
                 await held.delivery.ack()
-                metrics.DELIVERED.labels(self.pipeline).inc()
-                _observe_latency(self.pipeline, held.event, now)
+                delivered.append(held.event)
                 done.add(id(held))
             elif isinstance(outcome, Rejected):
                 metrics.FAILED.labels(self.pipeline).inc()
@@ -209,6 +208,8 @@ class PipelineWorker:
             elif await self._schedule_retry(held, outcome):
                 done.add(id(held))
         self.held = [h for h in self.held if id(h) not in done]
+        if delivered:
+            _count_delivered(self.pipeline, delivered)
         if _recovered(batch, outcomes):
             self._due_now()
         self._note_health(outcomes)
@@ -277,9 +278,14 @@ def _recovered(batch: list[_Held], outcomes: list[Outcome]) -> bool:
     return retried_ok and not any(isinstance(o, Retry) for o in outcomes)
 
 
-def _observe_latency(pipeline: str, event: dict, now: float) -> None:
-    received = event.get("receivedAt")
-    if isinstance(received, str):
-        with contextlib.suppress(ValueError):
-            at = datetime.fromisoformat(received).replace(tzinfo=UTC).timestamp()
-            metrics.E2E_LATENCY.labels(pipeline).observe(max(0.0, now - at))
+def _count_delivered(pipeline: str, events: list[dict]) -> None:
+    """Metrics once per batch (a labelled child costs a lookup; per event it showed in profiles)."""
+    metrics.DELIVERED.labels(pipeline).inc(len(events))
+    latency = metrics.E2E_LATENCY.labels(pipeline)
+    now = time.time()
+    for event in events:
+        received = event.get("receivedAt")
+        if isinstance(received, str):
+            with contextlib.suppress(ValueError):
+                at = datetime.fromisoformat(received).replace(tzinfo=UTC).timestamp()
+                latency.observe(max(0.0, now - at))
