@@ -94,6 +94,9 @@ class PipelineWorker:
         self._started_once = False
         self._create_consumer = create_consumer
         self._failing_reason = ""
+        #: Set by the fetcher when it added events (or failed): the writer looks again.
+        self._arrived = asyncio.Event()
+        self._fetch_error: BaseException | None = None
 
     async def run(self) -> None:
         if self._stopping.is_set():  # stopped before it ran: do not (re)create the consumer
@@ -103,10 +106,15 @@ class PipelineWorker:
         await self.consumer.start(create=self._create_consumer and not self._started_once)
         self._started_once = True
         log.info("Worker started.", extra={"pipeline": self.pipeline, "shard": self.shard})
+        # The next events are fetched while the current batch is written (the fetch and the
+        # sink's commit each wait on another server; one after the other they halved delivery).
+        fetcher = asyncio.create_task(self._fetch_loop(), name=f"fetch-{self.consumer.name}")
         try:
             while not self._stopping.is_set():
                 await self.step()
         finally:
+            # Stopping: let the current fetch end. A crash: no need to wait.
+            await _finish(fetcher, self.settings.batch_max_wait + 2.0 if self.stopping else 0.0)
             await self.consumer.close()  # hands back what was not settled
             metrics.IN_FLIGHT.labels(self.pipeline).set(0)
             log.info("Worker stopped.", extra={"pipeline": self.pipeline, "shard": self.shard})
@@ -135,20 +143,35 @@ class PipelineWorker:
         self.held = []
 
     async def step(self) -> None:
-        """One round: fetch what is available, write what is due, settle the outcomes."""
-        await self._fetch()
+        """One round: write what is due and settle the outcomes, or wait for events to come
+        (from the fetcher) or for the next retry to be due."""
+        if self._fetch_error is not None:
+            raise self._fetch_error
+        self._arrived.clear()  # before looking: an arrival from now on wakes the wait below
         batch = self._due_batch()
         if batch:
             outcomes = await self._write(batch)
             await self._settle(batch, outcomes)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), self._wait_for_next_due())
         metrics.IN_FLIGHT.labels(self.pipeline).set(len(self.held))
+
+    async def _fetch_loop(self) -> None:
+        """Keep up to max_held events fetched, until stopped; a failure goes to step()."""
+        try:
+            while not self._stopping.is_set():
+                await self._fetch()
+        except Exception as exc:
+            self._fetch_error = exc
+            self._arrived.set()
 
     async def _fetch(self) -> None:
         room = min(self.settings.batch_max_events, self.settings.max_held - len(self.held))
-        if room <= 0:
-            await asyncio.sleep(self._wait_for_next_due())
+        if room <= 0:  # the sink is behind or failing: this is the back-pressure
+            await asyncio.sleep(0.1)
             return
-        deliveries = await self.consumer.fetch(room, timeout=self._wait_for_next_due())
+        deliveries = await self.consumer.fetch(room, timeout=self.settings.batch_max_wait)
         for delivery in deliveries:
             try:
                 event = decode_event(delivery.data)
@@ -157,9 +180,12 @@ class PipelineWorker:
                 continue
             user = event.get("anonymousId") or event.get("userId") or ""
             self.held.append(_Held(delivery, event, user))
+        if deliveries:
+            self._arrived.set()
 
     def _wait_for_next_due(self) -> float:
-        """How long a fetch may wait: until the next retry is due, at most the batch wait."""
+        """How long the writer may wait for new events: until the next retry is due, at most
+        the batch wait."""
         waits = [h.not_before for h in self.held if h.not_before]
         if len(waits) < len(self.held):
             return 0.05  # something is due now: only pick up what is already there
@@ -276,6 +302,17 @@ def _recovered(batch: list[_Held], outcomes: list[Outcome]) -> bool:
         h.attempts and isinstance(o, Delivered) for h, o in zip(batch, outcomes, strict=True)
     )
     return retried_ok and not any(isinstance(o, Retry) for o in outcomes)
+
+
+async def _finish(task: asyncio.Task[None], timeout: float) -> None:
+    """Let the fetcher end its current fetch (what it gets is then handed back with the rest);
+    cancel it if that takes too long."""
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _count_delivered(pipeline: str, events: list[dict]) -> None:
