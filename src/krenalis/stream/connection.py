@@ -16,10 +16,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import nats
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from krenalis.config import Settings
+from krenalis.stream.client import Client
 
 __all__ = [
     "MIN_SERVER_VERSION",

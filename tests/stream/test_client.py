@@ -1,0 +1,56 @@
+"""The faster header parser gives what nats-py's own parser gives, and the client uses it."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nats.aio.client import Client as NatsClient
+
+from fixtures.nats_servers import connected
+from krenalis.stream.client import Client, parse_header_lines
+from krenalis.stream.layout import STREAM, ensure_consumer
+from krenalis.stream.publisher import Publisher, copy_for
+
+_names = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
+    ["Nats-Msg-Id", " Nats-Batch-Id ", "Bad Name", "Tab\tName", "\x1c", "", "Ünicode"]
+)
+_values = st.text(st.characters(codec="utf-8"), max_size=20)
+
+
+@st.composite
+def header_blocks(draw) -> bytes:
+    lines = []
+    for name, value in draw(st.lists(st.tuples(_names, _values), max_size=6)):
+        sep = draw(st.sampled_from([": ", ":", ":\t", " : ", ""]))
+        lines.append(name.encode() + sep.encode() + value.encode())
+    if draw(st.booleans()):
+        lines.append(draw(st.binary(max_size=20)))  # arbitrary bytes, invalid UTF-8 included
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@settings(max_examples=500)
+@given(header_blocks())
+def test_same_result_as_nats_py(raw: bytes) -> None:
+    assert parse_header_lines(raw) == NatsClient._parse_header_lines(raw)
+
+
+def test_typical_stored_message() -> None:
+    raw = b"Nats-Msg-Id: m1/wh\r\nNats-Batch-Id: ab12\r\nNats-Batch-Sequence: 7\r\n\r\n"
+    assert parse_header_lines(raw) == {
+        "Nats-Msg-Id": "m1/wh",
+        "Nats-Batch-Id": "ab12",
+        "Nats-Batch-Sequence": "7",
+    }
+
+
+async def test_fetched_messages_have_their_headers(nats_settings) -> None:
+    conn = await connected(nats_settings)
+    try:
+        assert isinstance(conn.nc, Client)
+        await ensure_consumer(conn.js, "p", 0, 30)
+        await Publisher(conn.nc).publish([copy_for("p", 0, b"{}", "id-1")])
+        sub = await conn.js.pull_subscribe_bind("EVENTS_p_0", stream=STREAM)
+        [msg] = await sub.fetch(1, timeout=5)
+        assert msg.headers is not None and msg.headers["Nats-Msg-Id"].startswith("id-1")
+    finally:
+        await conn.close()
