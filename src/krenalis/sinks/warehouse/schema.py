@@ -120,17 +120,19 @@ class InvalidRow(ValueError):
     """An event that cannot become a row (the message names the field and the problem)."""
 
 
-# The objects values are read from: the event, its context, then each context section.
-_PARENTS: tuple[tuple[str, ...], ...] = tuple(
-    sorted(dict.fromkeys(c.path[:-1] for c in COLUMNS), key=len)
-)
-# How to find each parent: (index of its own parent, its key); the event itself comes first.
-_PARENT_STEPS = tuple((_PARENTS.index(p[:-1]), p[-1], ".".join(p)) for p in _PARENTS[1:])
-# For each parent, its columns by key: key -> (column index, kind, dotted field).
-_FIELDS: tuple[dict[str, tuple[int, Kind, str]], ...] = tuple(
-    {c.path[-1]: (i, c.kind, c.field) for i, c in enumerate(COLUMNS) if c.path[:-1] == parent}
-    for parent in _PARENTS
-)
+def _tree() -> dict[str, Any]:
+    """Columns as nested dicts, shaped like the event: key -> (column index, kind, dotted
+    field) for a column, key -> dict for a section (``context``, ``context.page``...)."""
+    tree: dict[str, Any] = {}
+    for i, c in enumerate(COLUMNS):
+        node = tree
+        for key in c.path[:-1]:
+            node = node.setdefault(key, {})
+        node[c.path[-1]] = (i, c.kind, c.field)
+    return tree
+
+
+_TREE = _tree()
 _REQUIRED_FIELDS = tuple((i, c.field) for i, c in enumerate(COLUMNS) if c.required)
 _SCALARS = frozenset({str, int, float, bool})
 
@@ -154,22 +156,11 @@ def _json(value: Any) -> str:
 
 def _time(value: Any) -> datetime:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    if moment.tzinfo is UTC:  # what the collector writes
+        return moment.replace(tzinfo=None)
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
-
-
-def _parents(event: Any) -> list[dict[str, Any] | None]:
-    if not isinstance(event, dict):
-        raise InvalidRow(f"the event is a {type(event).__name__}, not an object")
-    found: list[dict[str, Any] | None] = [event]
-    for grandparent_index, key, field in _PARENT_STEPS:
-        grandparent = found[grandparent_index]
-        parent = None if grandparent is None else grandparent.get(key)
-        if parent is not None and not isinstance(parent, dict):
-            raise InvalidRow(f"{field}: must be an object")
-        found.append(parent)
-    return found
 
 
 def _convert(kind: Kind, value: Any, field: str) -> Any:
@@ -189,27 +180,37 @@ def _convert(kind: Kind, value: Any, field: str) -> Any:
 
 def event_to_row(event: Event) -> Row:
     """The event's values in ``COLUMNS`` order; raise ``InvalidRow`` if it cannot be one."""
+    if not isinstance(event, dict):
+        raise InvalidRow(f"the event is a {type(event).__name__}, not an object")
     row: list[Any] = [None] * len(COLUMNS)
-    for parent, fields in zip(_parents(event), _FIELDS, strict=True):
-        if parent is None:
-            continue
-        for key, value in parent.items():  # only the keys present: most events use few
-            spec = fields.get(key)
-            if spec is None or value is None:
-                continue  # not a column (originalTimestamp, a section, an unknown key)
-            index, kind, field = spec
-            if type(value) is str and kind is Kind.VALUE:  # the common case, kept inline
-                if "\x00" in value:
-                    value = value.replace("\x00", "")
-            elif kind is not Kind.VALUE or type(value) not in _SCALARS:
-                value = _convert(kind, value, field)
-            row[index] = value
+    _fill(row, event, _TREE, "")
     for index, field in _REQUIRED_FIELDS:
         if row[index] is None:
             raise InvalidRow(f"{field}: the field is required")
     if not isinstance(row[MESSAGE_ID], str) or not row[MESSAGE_ID]:
         raise InvalidRow("messageId: must be a non-empty string")
     return tuple(row)
+
+
+def _fill(row: list[Any], obj: dict[str, Any], tree: dict[str, Any], prefix: str) -> None:
+    """Put the values of `obj` found in `tree` into `row`; only the keys present are visited
+    (most events use few of the 67 columns)."""
+    for key, value in obj.items():
+        spec = tree.get(key)
+        if spec is None or value is None:
+            continue  # not a column (originalTimestamp, an unknown key)
+        if type(spec) is dict:  # a section: context, context.page, ...
+            if not isinstance(value, dict):
+                raise InvalidRow(f"{prefix}{key}: must be an object")
+            _fill(row, value, spec, f"{prefix}{key}.")
+            continue
+        index, kind, field = spec
+        if type(value) is str and kind is Kind.VALUE:  # the common case, kept inline
+            if "\x00" in value:
+                value = value.replace("\x00", "")
+        elif kind is not Kind.VALUE or type(value) not in _SCALARS:
+            value = _convert(kind, value, field)
+        row[index] = value
 
 
 @cache
