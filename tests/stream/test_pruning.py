@@ -179,3 +179,28 @@ async def test_an_existing_workqueue_stream_is_kept_and_acks_remove(nats_server)
         await consumer.close()
     finally:
         await conn.close()
+
+
+async def test_a_consumer_made_again_is_not_pruned_by_old_sequences(
+    nats_server, monkeypatch: pytest.MonkeyPatch
+):
+    """A memory-storage server restarted empty: the same names, sequences from 1 again. What the
+    pruner remembers from before must not delete the new stream's messages."""
+    monkeypatch.setattr(pruning, "STRAGGLER_AFTER", 0.3)
+    conn = await connect(nats_server.url, "p")
+    consumer = PipelineConsumer(conn.js, "p", ack_wait=30.0)
+    await consumer.start()
+    try:
+        await publish(conn, ("p",), 10)
+        batch = await fetch(consumer, 10)
+        for d in batch[1:]:  # batch[0] held: seqs 2-10 wait above the floor
+            await d.ack()
+        await conn.js.delete_stream(STREAM)  # what a restart of a memory server looks like
+        await ensure_streams(conn.js, conn.settings)
+        await ensure_consumer(conn.js, "p", 0, 30)
+        await Publisher(conn.nc).publish([copy_for("p", 0, b"new", f"n{i}") for i in range(10)])
+        await asyncio.sleep(1.5)  # several pruning rounds past STRAGGLER_AFTER
+        assert await stored(conn) == {"p": 10}
+    finally:
+        await consumer.close()
+        await conn.close()

@@ -51,6 +51,9 @@ class Pruner:
         self._dirty = False
         self._last_error = ""
         self._straggling = False
+        #: When the consumer was created: a consumer made again (a memory-storage server that
+        #: restarted empty) starts over at sequence 1, and what we remember means nothing there.
+        self._consumer_created: object = None
 
     def settled(self, seq: int) -> None:
         """A message was acked or termed: it may go once the ack floor passes it."""
@@ -83,6 +86,10 @@ class Pruner:
         """Remove settled messages; return how many of this process's settled ones went."""
         self._dirty = False
         info = await self.js.consumer_info(STREAM, self.consumer)
+        if self._consumer_created != info.created:
+            if self._consumer_created is not None:
+                self.floor, self._settled = 0, []  # never delete by an old stream's sequences
+            self._consumer_created = info.created
         floor = info.ack_floor.stream_seq or 0
         if floor > self.floor:
             await self.js.purge_stream(STREAM, subject=self.subject, seq=floor + 1)
@@ -92,14 +99,15 @@ class Pruner:
                 log.info("The ack floor moves again.", extra={"consumer": self.consumer})
         before = len(self._settled)
         self._settled = [(at, seq) for at, seq in self._settled if seq > floor]
-        await self._delete_stragglers()
+        await self._delete_stragglers(delivered=info.delivered.stream_seq or 0)
         if self._settled:
             self._dirty = True  # come back for them
         return before - len(self._settled)
 
-    async def _delete_stragglers(self) -> None:
+    async def _delete_stragglers(self, delivered: int) -> None:
         cutoff = time.monotonic() - STRAGGLER_AFTER
-        old = [seq for at, seq in self._settled if at <= cutoff]
+        # Only sequences this consumer has delivered: a message is deleted by sequence alone.
+        old = [seq for at, seq in self._settled if at <= cutoff and seq <= delivered]
         if not old:
             return
         if not self._straggling:
