@@ -10,6 +10,7 @@ SIGHUP reloads the workspace file; SIGINT/SIGTERM stop gracefully.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -17,13 +18,23 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
 from krenalis.children import Child
 from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
 from krenalis.runtime import StreamRuntime
 from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
-from krenalis.stream.layout import ensure_consumer, list_pipeline_consumers, remove_pipeline
+from krenalis.stream.backoff import Backoff
+from krenalis.stream.layout import (
+    STREAM,
+    ensure_consumer,
+    ensure_streams,
+    list_pipeline_consumers,
+    remove_pipeline,
+)
 from krenalis.workers import Workers
 from krenalis.workspace import (
     Workspace,
@@ -145,9 +156,11 @@ class _Process:
     async def start(self, workspace: Workspace) -> None:
         conn = await self.runtime.start()
         self.settings = self.runtime.settings  # now holds the embedded server's URL, if any
+        self.workspace = workspace
         if self.roles.manage_layout:
             await self._ensure_consumers(workspace)
             await self._remove_stale_consumers(workspace)
+            conn.on_reconnect(self._restore_layout)
         if self.roles.worker_process:
             dsn = await self._warehouse(workspace, always=True)
             self._start_child("worker", KRENALIS_WAREHOUSE_DSN=dsn or "")
@@ -234,7 +247,22 @@ class _Process:
                 return
             await self._apply(workspace)
 
+    async def _restore_layout(self) -> None:
+        """After a reconnection: a server that came back without EVENTS (memory storage, or a
+        stream deleted by hand) gets it and the consumers back. Otherwise nothing changes."""
+        js = self.runtime.conn.js  # type: ignore[union-attr]
+        if not await _stream_missing(js):
+            return
+        async with self.reloading:
+            await ensure_streams(js, self.settings)
+            await self._ensure_consumers(self.workspace)
+        log.warning(
+            "Restored the stream layout after a reconnection: the NATS server had lost it.",
+            extra={"stream": STREAM, "pipelines": len(self.workspace.pipelines)},
+        )
+
     async def _apply(self, workspace: Workspace) -> None:
+        self.workspace = workspace
         if self.roles.manage_layout:
             await self._ensure_consumers(workspace)
         if self.collector is not None:
@@ -276,6 +304,23 @@ class _Process:
         await self.runtime.stop()
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
+
+
+async def _stream_missing(js: JetStreamContext, patience: float = 60.0) -> bool:
+    """Whether EVENTS is gone, once JetStream answers (it may still be starting); False if it
+    does not answer within `patience` (the next reconnection asks again)."""
+    backoff = Backoff(base=0.2, cap=5.0)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(patience):
+            while True:
+                try:
+                    await js.stream_info(STREAM)
+                    return False
+                except NotFoundError:
+                    return True
+                except Exception:  # not ready yet, or down again
+                    await backoff.wait()
+    return False
 
 
 def _file_stamp(path: Path) -> tuple[float, int] | None:

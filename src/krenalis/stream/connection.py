@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -99,6 +99,12 @@ class NatsConnection:
         self._auth_failed: asyncio.Future[str] | None = None
         self._last_error = ""
         self._closing = False
+        self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self._reconnect_tasks: set[asyncio.Task[None]] = set()
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` (in its own task) after each reconnection."""
+        self._on_reconnect.append(callback)
 
     @property
     def last_error(self) -> str:
@@ -191,6 +197,10 @@ class NatsConnection:
         self._last_error = ""
         self._mark_up()
         log.info("Reconnected to NATS server.", extra={"server": self.connected_url})
+        for callback in self._on_reconnect:
+            task = asyncio.create_task(callback(), name="nats-reconnected")
+            self._reconnect_tasks.add(task)  # a reference, so the task is not collected
+            task.add_done_callback(self._reconnect_tasks.discard)
 
     async def _on_closed(self) -> None:
         self._down_since = self._down_since or time.monotonic()
