@@ -160,3 +160,16 @@ async def test_consumer_killed_before_ack_leads_to_redelivery(nats_server):
             child.kill()
             child.wait()
         await conn.close()
+
+
+def test_stream_sequence_read_as_nats_py_reads_it() -> None:
+    from nats.aio.msg import Msg
+
+    from krenalis.stream.consumer import _stream_seq
+
+    for reply in (
+        "$JS.ACK.EVENTS.EVENTS_p_0.1.4242.17.1764144000000000000.3",
+        "$JS.ACK._.ACCHASH.EVENTS.EVENTS_p_0.2.4243.18.1764144000000000000.0.xyz",
+        "$JS.ACK.hub.ACCHASH.EVENTS.EVENTS_p_0.1.99.1.1764144000000000000.0",
+    ):
+        assert _stream_seq(reply) == Msg.Metadata._from_reply(reply).sequence.stream

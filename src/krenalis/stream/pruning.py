@@ -82,6 +82,16 @@ class Pruner:
             return
         self._last_error = ""
 
+    async def flush(self, attempts: int = 10) -> None:
+        """The last prune of a closing consumer: acks are applied by the server a moment after
+        they are sent, so look a few times until this process's settled messages are gone
+        (they may also stay above a floor another process holds)."""
+        for _ in range(attempts):
+            await self.prune_logged()
+            if not self._settled:
+                return
+            await asyncio.sleep(0.05)
+
     async def prune(self) -> int:
         """Remove settled messages; return how many of this process's settled ones went."""
         self._dirty = False
