@@ -9,5 +9,7 @@ Modules:
 - procs:       starting and stopping processes by PID, and the psutil CPU/RSS monitor;
 - stacks:      what scenarios run against (krenalis serve/collector/worker, NATS nodes,
                receiver) and the probes that read each sink;
-- scenarios:   the measured scenarios; report: bench/RESULTS.md; run: the command line.
+- scenarios:   the measured scenarios; report: bench/RESULTS.md; run: the command line;
+- drain:       on its own (`python -m bench.drain`): the warehouse worker alone draining a
+               filled stream, with its CPU per event.
 """
