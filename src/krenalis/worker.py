@@ -108,6 +108,7 @@ class PipelineWorker:
         log.info("Worker started.", extra={"pipeline": self.pipeline, "shard": self.shard})
         # The next events are fetched while the current batch is written (the fetch and the
         # sink's commit each wait on another server; one after the other they halved delivery).
+        self._fetch_error = None  # a failure of an earlier run was raised by that run
         fetcher = asyncio.create_task(self._fetch_loop(), name=f"fetch-{self.consumer.name}")
         try:
             while not self._stopping.is_set():

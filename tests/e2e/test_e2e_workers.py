@@ -114,6 +114,25 @@ async def test_a_crash_looping_worker_stops_at_once_and_stays_stopped(js, tmp_pa
         await workers.stop_all()
 
 
+async def test_a_crashed_worker_recovers_once_the_cause_is_gone(js, nats_server, tmp_path, caplog):
+    """The crash comes from the fetch side (the dead-letter stream is missing when undecodable
+    data arrives); once the stream is back, the restarted worker must work normally."""
+    caplog.set_level(logging.ERROR, logger="krenalis.worker")
+    out = tmp_path / "out"
+    workers = Workers(js, ack_wait=30.0, warehouse_dsn=None)
+    await js.delete_stream(DLQ_STREAM)
+    await js.publish(subject("p1"), b"not an event")
+    await publish(js, "p1", "after")
+    try:
+        await workers.apply(workspace(out, "p1"))
+        await wait_for(lambda: "Worker crashed" in caplog.text, timeout=20, what="a crash")
+        await ensure_streams(js, settings_for(nats_server.url))  # EVENTS_DLQ is back
+        await wait_for(lambda: len(file_events(out)) == 1, timeout=20, what="the valid event")
+        assert (await js.stream_info(DLQ_STREAM)).state.messages == 1
+    finally:
+        await workers.stop_all()
+
+
 async def test_a_worker_whose_consumer_was_deleted_does_not_recreate_it(js, tmp_path):
     """Another process removed the pipeline (deleted its consumer) before this one reloaded:
     the worker waits for its stop, it never brings the consumer back."""
