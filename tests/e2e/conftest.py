@@ -9,13 +9,17 @@ it for failed tests).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import pytest
 from e2e_support import KrenalisProcess, process_env
+from nats.js import JetStreamContext
 
+from fixtures.nats_servers import settings_for
 from krenalis.stream.embedded import EmbeddedNats
+from krenalis.stream.layout import ensure_streams
 
 
 class Deployment:
@@ -62,3 +66,16 @@ def deployment(tmp_path: Path, nats_server: EmbeddedNats) -> Iterator[Deployment
         for process in deployment.processes:
             print(f"===== {process.name} (pid {process.proc.pid if process.proc else '-'}) =====")
             print(process.log()[-20_000:])
+
+
+@pytest.fixture
+async def js(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
+    """JetStream on the test's nats-server, with EVENTS and EVENTS_DLQ created (in-process
+    worker tests, no `krenalis` child)."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        context = nc.jetstream()
+        await ensure_streams(context, settings_for(nats_server.url))
+        yield context
+    finally:
+        await nc.close()

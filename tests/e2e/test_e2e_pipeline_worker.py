@@ -17,11 +17,10 @@ import pytest
 from e2e_support import stream_empty, stream_messages, wait_for, wire_event
 from nats.js import JetStreamContext
 
-from fixtures.nats_servers import settings_for
 from krenalis.events import encode_event
 from krenalis.sinks.base import DELIVERED, Event, Outcome, Rejected, Retry
 from krenalis.stream.deadletters import H_ATTEMPTS, H_PIPELINE, H_REASON, list_dead_letters
-from krenalis.stream.layout import DLQ_STREAM, STREAM, consumer_name, ensure_streams, subject
+from krenalis.stream.layout import DLQ_STREAM, STREAM, consumer_name, subject
 from krenalis.worker import PipelineWorker, WorkerSettings
 
 PIPELINE = "p"
@@ -59,17 +58,6 @@ class ScriptedSink:
 
     def delivered_order(self) -> list[str]:
         return [m for write in self.writes for m in write]
-
-
-@pytest.fixture
-async def js(nats_server) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_server.url)
-    try:
-        context = nc.jetstream()
-        await ensure_streams(context, settings_for(nats_server.url))
-        yield context
-    finally:
-        await nc.close()
 
 
 async def publish(js: JetStreamContext, *events: dict, raw: bytes | None = None) -> None:

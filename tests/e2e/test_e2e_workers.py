@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
-import pytest
 from e2e_support import WRITE_KEY, file_events, wait_for, wire_event
 from nats.js import JetStreamContext
 
@@ -38,17 +35,6 @@ pipelines:
     for name in pipelines:
         text += f"  {name}:\n    source: web\n    to: archive\n    batch: {{max_wait: 100ms}}\n"
     return parse_workspace(text)
-
-
-@pytest.fixture
-async def js(nats_server) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_server.url)
-    try:
-        context = nc.jetstream()
-        await ensure_streams(context, settings_for(nats_server.url))
-        yield context
-    finally:
-        await nc.close()
 
 
 async def publish(js: JetStreamContext, pipeline: str, *message_ids: str) -> None:
