@@ -13,3 +13,19 @@ Modules:
 - drain:       on its own (`python -m bench.drain`): the warehouse worker alone draining a
                filled stream, with its CPU per event.
 """
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def write_result(result: dict, out: str | None) -> None:
+    """A measuring process's result, as JSON: into the file `out` (what the harness reads), or
+    on standard output."""
+    text = json.dumps(result)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text + "\n")

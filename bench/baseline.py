@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import resource
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
+
+from bench import write_result
 
 __all__ = ["main", "payloads"]
 
@@ -224,12 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             concurrency=args.concurrency,
         )
     )
-    text = json.dumps(result)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 import uuid
+
+from bench import write_result
 
 __all__ = ["main"]
 
@@ -184,12 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         coro = acks(args.url, total=args.total)
     result = uvloop.run(coro)
-    text = json.dumps(result)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from bench import write_result
 from bench.events import EventFactory, basic_auth
 
 __all__ = ["Config", "run"]
@@ -274,12 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvloop
 
     result = uvloop.run(run(cfg))
-    text = json.dumps(result)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

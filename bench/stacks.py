@@ -22,7 +22,9 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -432,6 +434,35 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": q(0.5), "p99": q(0.99), "max": values[-1]}
 
 
+def _window_figures(
+    arrivals: Iterable[tuple[float, float | None]], start: float, end: float
+) -> dict[str, Any]:
+    """What a sink probe reports for the window [start, end), from (arrival time, receivedAt)
+    per delivered event (receivedAt None when unknown): deliveries in and after the window,
+    and the latency of the events received in it."""
+    lat: list[float] = []
+    last = None
+    delivered = after = 0
+    for arrived, received in arrivals:
+        if start <= arrived < end:
+            delivered += 1
+        elif arrived >= end:
+            after += 1
+        if received is not None and start <= received < end:
+            lat.append(arrived - received)
+            last = arrived if last is None else max(last, arrived)
+    pct = _percentiles(lat)
+    return {
+        "received_in_window": len(lat),
+        "e2e_p50_s": pct["p50"],
+        "e2e_p99_s": pct["p99"],
+        "e2e_max_s": pct["max"],
+        "delivered_per_s": delivered / (end - start),
+        "last_delivery_epoch": last,
+        "delivered_after_window": after,
+    }
+
+
 def _iso_epoch(text: str) -> float:
     from datetime import datetime
 
@@ -519,32 +550,12 @@ class WebhookProbe:
 
     def window(self, start: float, end: float) -> dict:
         stats = _get_json(self.base + "/stats", timeout=120)
-        lat = []
-        last = None
-        delivered = after = 0
-        for text, arrived in zip(stats["received_at"], stats["arrived"], strict=True):
-            if start <= arrived < end:
-                delivered += 1
-            elif arrived >= end:
-                after += 1
-            if not text:
-                continue
-            recv = _iso_epoch(text)
-            if start <= recv < end:
-                lat.append(arrived - recv)
-                last = arrived if last is None else max(last, arrived)
-        pct = _percentiles(lat)
-        return {
-            "received_in_window": len(lat),
-            "e2e_p50_s": pct["p50"],
-            "e2e_p99_s": pct["p99"],
-            "e2e_max_s": pct["max"],
-            "delivered_per_s": delivered / (end - start),
-            "last_delivery_epoch": last,
-            "delivered_after_window": after,
-            "duplicates": stats["duplicates"],
-            "requests": stats["requests"],
-        }
+        arrivals = (
+            (arrived, _iso_epoch(text) if text else None)
+            for text, arrived in zip(stats["received_at"], stats["arrived"], strict=True)
+        )
+        figures = _window_figures(arrivals, start, end)
+        return {**figures, "duplicates": stats["duplicates"], "requests": stats["requests"]}
 
 
 class FileProbe:
@@ -608,38 +619,21 @@ class FileProbe:
         decode = msgspec.json.Decoder(_Line).decode
         sizes = [s for _, s in self.samples]
         times = [t for t, _ in self.samples]
-        lat = []
-        last = None
-        delivered = after = 0
         files = sorted(self.directory.glob("*.ndjson"))
         if not files:
             return {"received_in_window": 0}
-        offset = 0
-        with open(files[0], "rb") as fh:
-            for line in fh:
-                offset += len(line)
-                i = bisect.bisect_left(sizes, offset)
-                if i >= len(times):
-                    continue
-                seen = times[i]
-                if start <= seen < end:
-                    delivered += 1
-                elif seen >= end:
-                    after += 1
-                recv = _iso_epoch(decode(line).receivedAt)
-                if start <= recv < end:
-                    lat.append(seen - recv)
-                    last = seen if last is None else max(last, seen)
-        pct = _percentiles(lat)
-        return {
-            "received_in_window": len(lat),
-            "e2e_p50_s": pct["p50"],
-            "e2e_p99_s": pct["p99"],
-            "e2e_max_s": pct["max"],
-            "delivered_per_s": delivered / (end - start),
-            "last_delivery_epoch": last,
-            "delivered_after_window": after,
-        }
+
+        def arrivals():
+            """(first poll that saw the whole line, its receivedAt) per line."""
+            offset = 0
+            with open(files[0], "rb") as fh:
+                for line in fh:
+                    offset += len(line)
+                    i = bisect.bisect_left(sizes, offset)
+                    if i < len(times):
+                        yield times[i], _iso_epoch(decode(line).receivedAt)
+
+        return _window_figures(arrivals(), start, end)
 
 
 def rmtree(path: Path) -> None:
