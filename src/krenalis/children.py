@@ -44,7 +44,7 @@ class Child:
         return f"KRENALIS_CHILD={self.pid_path}".encode()
 
     def _spawn(self) -> None:
-        # The marker in argv lets a later run recognise this process as ours.
+        # The marker in the environment lets a later run recognise this process as ours.
         argv = [sys.executable, "-m", "krenalis.cli", self.command]
         env = {**self.env, "KRENALIS_CHILD": str(self.pid_path)}
         self.process = subprocess.Popen(argv, env=env)

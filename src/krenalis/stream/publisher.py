@@ -167,10 +167,10 @@ class Publisher:
 
         With `atomic`, requests of MIN_ATOMIC copies or more go as JetStream atomic batches first
         (ADR-50: stored at once, one fsync and one PubAck per batch: 4x the throughput of
-        a server with `sync_interval: always`). A
-        batch is refused whole if one id is a duplicate (a client retrying a request), and may
-        fail during a leader election: then its messages go one by one, where each duplicate is
-        dropped alone and each failure is retried with the same id.
+        a server with `sync_interval: always`). A batch is refused whole if one id is a
+        duplicate (a client retrying a request), and may fail during a leader election: then its
+        messages go one by one, where each duplicate is dropped alone and each failure is
+        retried with the same id.
         """
         await self.inbox.start()
         if not self.atomic or len(messages) < MIN_ATOMIC:
