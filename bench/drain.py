@@ -29,7 +29,7 @@ async def drain_once(url: str, dsn: str, events: int, sync: str) -> tuple[float,
     from krenalis.stream.connection import NatsConnection
     from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer, ensure_streams
     from krenalis.stream.publisher import Publisher, copy_for
-    from krenalis.worker import PipelineWorker
+    from krenalis.worker.pipeline import PipelineWorker
 
     env = {"KRENALIS_NATS_URL": url, "KRENALIS_NATS_SYNC_INTERVAL": sync}
     settings = load_settings(env, env_file=None)
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     import uvloop
 
+    from krenalis.runtime.nats_server import EmbeddedNats
     from krenalis.sinks.warehouse import EmbeddedPostgres
-    from krenalis.stream.embedded import EmbeddedNats
 
     with tempfile.TemporaryDirectory(prefix="krenalis-drain-") as tmp:
         root = Path(tmp)

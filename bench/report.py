@@ -33,7 +33,7 @@ def _cpu_model() -> str:
 
 def _nats_server() -> str:
     try:
-        from krenalis.stream.natsserver import nats_server_version
+        from krenalis.runtime.nats_server import nats_server_version
 
         return ".".join(map(str, nats_server_version()))
     except Exception as exc:  # reported, not fatal

@@ -30,6 +30,7 @@ import psutil
 
 from bench import procs
 from bench.procs import PY, Proc
+from krenalis.runtime.processes import free_port
 
 __all__ = [
     "FileProbe",
@@ -46,12 +47,6 @@ __all__ = [
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    from krenalis.stream.embedded import free_port as _free
-
-    return _free()
-
-
 def http_workers_env_safe() -> bool:
     """Whether KRENALIS_HTTP_WORKERS=N can be used as is.
 
@@ -63,7 +58,7 @@ def http_workers_env_safe() -> bool:
     guard (`KrenalisStack.guard`) stops a runaway tree in any case.
     """
     try:
-        import krenalis.serve as serve
+        import krenalis.runtime.serve as serve
 
         source = inspect.getsource(serve)
     except (ImportError, OSError):
@@ -122,7 +117,9 @@ class NatsNodes:
     """One node or a cluster of nats-server processes started by the harness."""
 
     def __init__(self, root: Path, *, size: int = 1, sync_interval: str = "always") -> None:
-        from krenalis.stream.embedded import EmbeddedNats, local_cluster
+        from tests.fixtures.cluster import local_cluster
+
+        from krenalis.runtime.nats_server import EmbeddedNats
 
         self.sync_interval = sync_interval
         if size == 1:
@@ -158,7 +155,7 @@ class NatsNodes:
         """A cluster's JetStream meta layer needs a leader (a few seconds) before use."""
         import asyncio
 
-        from krenalis.stream.embedded import wait_for_jetstream
+        from tests.fixtures.cluster import wait_for_jetstream
 
         asyncio.run(wait_for_jetstream(self.urls, timeout))
 

@@ -6,7 +6,8 @@ import nacl.signing
 import nkeys
 import pytest
 
-from krenalis.config import ConfigError, Secret, load_settings, parse_duration
+from krenalis.config import Secret, go_duration, load_settings, parse_duration
+from krenalis.errors import ConfigError
 
 
 def _seed(prefix: int) -> str:
@@ -189,21 +190,32 @@ def test_env_file_errors_name_the_variable(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("0", 0.0), ("300ms", 0.3), ("1h2m3s", 3723.0), ("1.5s", 1.5), ("-2s", -2.0), ("10us", 1e-5)],
+    [
+        ("0", 0.0), ("300ms", 0.3), ("1h2m3s", 3723.0), ("1.5s", 1.5), ("-2s", -2.0),
+        ("10us", 1e-5), ("30s", 30.0), ("1m30s", 90.0), ("4h", 14400.0), ("1.5h", 5400.0),
+        ("1d", 86400.0), ("7d12h", 648000.0),
+    ],  # fmt: skip
 )
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5", "1d", "s", "1.2.3s", "--1s"])
+@pytest.mark.parametrize("text", ["", "5", "10", "s", "h", "1.2.3s", "--1s", "4 h", "1y", "1h 30m", 10])
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
 
 
+def test_go_duration_has_no_days():
+    assert go_duration("2m") == "2m"
+    assert go_duration("2d") == "48h"
+    assert go_duration("1d12h") == "36h"
+
+
 def test_sync_interval():
     assert load().nats_sync_interval == "always"
     assert load(KRENALIS_NATS_SYNC_INTERVAL="1s").nats_sync_interval == "1s"
+    assert load(KRENALIS_NATS_SYNC_INTERVAL="1d").nats_sync_interval == "24h"  # nats-server's form
     assert error_of(KRENALIS_NATS_SYNC_INTERVAL="sometimes") == (
         'KRENALIS_NATS_SYNC_INTERVAL value "sometimes" is not supported; expected always or a '
         "positive duration such as 1s or 2m"

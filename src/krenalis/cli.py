@@ -10,9 +10,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from krenalis import __version__
-from krenalis.config import ConfigError, Settings, load_settings
+from krenalis.config import Settings, load_settings
+from krenalis.errors import ConfigError, NatsAuthError, ServerTooOldError
 from krenalis.logs import setup_logging
-from krenalis.stream.connection import NatsAuthError, ServerTooOldError
 
 __all__ = ["main"]
 
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.metrics_enabled:  # serve's collectors and worker are separate processes
         _share_metrics(settings)
-    from krenalis.serve import serve
+    from krenalis.runtime.serve import serve
 
     return _run(serve(settings))
 
@@ -104,19 +104,19 @@ def _share_metrics(settings: Settings) -> None:
 
 
 def _collector(settings: Settings, args: argparse.Namespace) -> int:
-    from krenalis.serve import run_collector
+    from krenalis.runtime.serve import run_collector
 
     return _run(run_collector(settings))
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from krenalis.serve import run_worker
+    from krenalis.runtime.serve import run_worker
 
     return _run(run_worker(settings, set(args.pipeline)))
 
 
 def _init_db(settings: Settings, args: argparse.Namespace) -> int:
-    from krenalis.serve import init_warehouse
+    from krenalis.runtime.serve import init_warehouse
 
     return _run(init_warehouse(settings))
 

@@ -18,15 +18,15 @@ from urllib.parse import urlsplit
 import nkeys
 from dotenv import dotenv_values
 
-__all__ = ["ConfigError", "Secret", "Settings", "load_settings", "parse_duration"]
+from krenalis.errors import ConfigError
+
+__all__ = ["Secret", "Settings", "go_duration", "load_settings", "parse_duration"]
 
 MIN_ACK_WAIT = 1.0
 DEFAULT_ACK_WAIT = 30.0
 URL_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
-class ConfigError(ValueError):
-    """A setting is missing or wrong; the message names the variable and what is accepted."""
 
 
 class Secret:
@@ -276,7 +276,7 @@ def _sync_interval(raw: str) -> str:
             f'KRENALIS_NATS_SYNC_INTERVAL value "{raw}" is not supported; expected always or a '
             "positive duration such as 1s or 2m"
         )
-    return raw
+    return go_duration(raw)
 
 
 def _dsn(raw: str) -> Secret | None:
@@ -330,15 +330,20 @@ def _log_level(raw: str) -> str:
     return value
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 _UNIT_SECONDS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+    "d": 86400.0,
 }  # fmt: skip
 
 
 def parse_duration(text: str) -> float:
-    """Parse a Go duration ("30s", "2m30s", "1.5h", "999ms", "0") into seconds."""
+    """Seconds in a duration: Go's syntax ("300ms", "2m30s", "1.5h", "0", "-2s") plus days
+    ("7d"). The one grammar of every duration: settings, the workspace, nats-server options.
+    Raises ValueError naming the text when it is not one."""
     raw = text
+    if not isinstance(text, str):
+        raise ValueError(f"time: invalid duration {text!r}")
     sign = 1.0
     if text[:1] in "+-" and text:
         sign, text = (-1.0 if text[0] == "-" else 1.0), text[1:]
@@ -354,3 +359,10 @@ def parse_duration(text: str) -> float:
     if not text:
         raise ValueError(f'time: invalid duration "{raw}"')
     return sign * total
+
+
+def go_duration(text: str) -> str:
+    """A valid duration written so that Go's time.ParseDuration, which has no days, reads it
+    (nats-server's configuration): "7d" becomes "168h"; anything else is kept as written."""
+    seconds = parse_duration(text)
+    return f"{seconds / 3600:g}h" if "d" in text else text

@@ -18,10 +18,11 @@ from helpers_collector import WORKSPACE_YAML, CollectorHarness
 from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
+from krenalis.runtime.nats_server import EmbeddedNats
+from krenalis.runtime.processes import free_port
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.embedded import EmbeddedNats, free_port
 from krenalis.stream.layout import ensure_consumer, ensure_streams
-from krenalis.workspace import parse_workspace
+from krenalis.workspace.model import parse_workspace
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import httpx
 
 from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer
+from krenalis.runtime.nats_server import EmbeddedNats
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.embedded import EmbeddedNats
 from krenalis.stream.layout import STREAM, consumer_name, subject
 from krenalis.stream.pruning import Pruner
-from krenalis.workspace import Workspace
+from krenalis.workspace.model import Workspace
 
 WRITE_KEY = "Kc0l1ect0rTestWr1teKey0123456789"  # 32 characters, as generate_write_key() makes
 OTHER_KEY = "Z" * 32  # well formed, belongs to no source

@@ -18,7 +18,7 @@ from e2e_support import KrenalisProcess, process_env
 from nats.js import JetStreamContext
 
 from fixtures.nats_servers import settings_for
-from krenalis.stream.embedded import EmbeddedNats
+from krenalis.runtime.nats_server import EmbeddedNats
 from krenalis.stream.layout import ensure_streams
 
 

@@ -22,7 +22,7 @@ import nats
 import psycopg
 from nats.js import JetStreamContext
 
-from krenalis.stream.embedded import free_port
+from krenalis.runtime.processes import free_port
 from krenalis.stream.layout import STREAM
 
 __all__ = [

@@ -21,7 +21,7 @@ from krenalis.events import encode_event
 from krenalis.sinks.base import DELIVERED, Event, Outcome, Rejected, Retry
 from krenalis.stream.deadletters import H_ATTEMPTS, H_PIPELINE, H_REASON, list_dead_letters
 from krenalis.stream.layout import DLQ_STREAM, STREAM, consumer_name, subject
-from krenalis.worker import PipelineWorker, WorkerSettings
+from krenalis.worker.pipeline import PipelineWorker, WorkerSettings
 
 PIPELINE = "p"
 FAST = WorkerSettings(batch_max_events=100, batch_max_wait=0.1, ack_wait=30.0)
@@ -248,7 +248,7 @@ async def test_waiting_events_go_at_once_when_a_retried_event_gets_through(js, m
         return Retry("HTTP 503") if outage["on"] else DELIVERED
 
     # The worker's own backoff: a minute, far longer than the test waits.
-    monkeypatch.setattr("krenalis.worker.retry_delay", lambda attempt: 60.0)
+    monkeypatch.setattr("krenalis.worker.pipeline.retry_delay", lambda attempt: 60.0)
     sink = ScriptedSink(script)
     worker = PipelineWorker(js, PIPELINE, sink, settings=FAST)
     await publish(js, wire_event("first", "u1"))

@@ -17,8 +17,8 @@ from nats.js import JetStreamContext
 from fixtures.nats_servers import settings_for
 from krenalis.events import encode_event
 from krenalis.stream.layout import DLQ_STREAM, STREAM, consumer_name, ensure_streams, subject
-from krenalis.workers import Workers
-from krenalis.workspace import Workspace, parse_workspace
+from krenalis.worker.pool import Workers
+from krenalis.workspace.model import Workspace, parse_workspace
 
 
 def workspace(out: Path, *pipelines: str) -> Workspace:

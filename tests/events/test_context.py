@@ -205,7 +205,7 @@ def test_batch_context_is_merged_into_each_event() -> None:
 
 
 def test_batch_context_errors_refuse_the_request() -> None:
-    from krenalis.events import RequestError
+    from krenalis.errors import RequestError
 
     with pytest.raises(RequestError, match=r"property 'context.screen.width' is not a number"):
         decode({"batch": [track()], "context": {"screen": {"width": "big"}}})

@@ -6,7 +6,8 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from krenalis.events import EVENT_TYPES, RequestError, decode_event, encode_event
+from krenalis.errors import RequestError
+from krenalis.events import EVENT_TYPES, decode_event, encode_event
 
 from ._helpers import decode
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from krenalis.events import MAX_BATCH_EVENTS, MAX_EVENT_BYTES, RequestError
+from krenalis.errors import RequestError
+from krenalis.events import MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 
 from ._helpers import decode, track
 

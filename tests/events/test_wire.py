@@ -6,7 +6,8 @@ import msgspec
 import pytest
 
 import krenalis.events
-from krenalis.events import InvalidEvent, decode_event, encode_event
+from krenalis.errors import InvalidEvent
+from krenalis.events import decode_event, encode_event
 
 from ._helpers import decode, one, track
 

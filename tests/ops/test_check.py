@@ -19,8 +19,9 @@ import pytest
 from fixtures.cli import run_cli as _main
 from fixtures.nats_servers import settings_for
 from krenalis.ops.keys import generate_user_keypair
+from krenalis.runtime.nats_server import EmbeddedNats
+from krenalis.runtime.processes import free_port
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.embedded import EmbeddedNats, free_port
 from krenalis.stream.layout import ensure_streams
 
 

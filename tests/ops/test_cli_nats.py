@@ -23,7 +23,7 @@ from nats.js.api import StreamConfig
 
 from fixtures.cli import run_cli as _main
 from krenalis.ops.keys import is_user_public_key, public_key_from_seed
-from krenalis.stream.embedded import free_port
+from krenalis.runtime.processes import free_port
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

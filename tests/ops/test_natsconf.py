@@ -21,10 +21,10 @@ import nats.errors
 import pytest
 from nats.js.api import StreamConfig
 
+from krenalis.errors import ServerConfigError
 from krenalis.ops.keys import generate_user_keypair, write_seed_file
 from krenalis.ops.natsconf import (
     ClusterConfig,
-    ConfigError,
     NKeyAuth,
     ServerConfig,
     TokenAuth,
@@ -36,7 +36,8 @@ from krenalis.ops.natsconf import (
     validate_with_server,
     write_config,
 )
-from krenalis.stream.natsserver import MIN_VERSION, nats_server_path, nats_server_version
+from krenalis.runtime.nats_server import nats_server_path, nats_server_version
+from krenalis.stream.connection import MIN_SERVER_VERSION
 
 # Characters that break naive quoting: quotes, backslashes, conf syntax, variables, comments,
 # control characters and non-ASCII.
@@ -152,7 +153,7 @@ async def _assert_refused(url: str, **kwargs) -> None:
 def test_bundled_binary_is_recent_enough() -> None:
     path = nats_server_path()
     assert os.access(path, os.X_OK)
-    assert nats_server_version(path) >= MIN_VERSION
+    assert nats_server_version(path) >= MIN_SERVER_VERSION
     assert nats_server_version() == nats_server_version(path)
 
 
@@ -236,7 +237,7 @@ def test_quote_escapes_only_what_nats_understands() -> None:
 
 
 def test_server_rejection_is_reported() -> None:
-    with pytest.raises(ConfigError, match="unknown field") as info:
+    with pytest.raises(ServerConfigError, match="unknown field") as info:
         validate_with_server('listen: "127.0.0.1:4222"\nno_such_option: 1\n')
     assert "nats.conf" in str(info.value)
 

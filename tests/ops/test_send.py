@@ -16,10 +16,10 @@ from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
 from krenalis.events import EVENT_TYPES
 from krenalis.ops.send import sample_events
+from krenalis.runtime.processes import free_port
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.embedded import free_port
 from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer, ensure_streams
-from krenalis.workspace import parse_workspace
+from krenalis.workspace.model import parse_workspace
 
 KEY = "s" * 32
 WORKSPACE = f"""\

@@ -21,9 +21,10 @@ from fixtures.cli import run_cli as _main
 from fixtures.nats_servers import settings_for
 from krenalis.config import Settings
 from krenalis.ops.status import watch
+from krenalis.runtime.nats_server import EmbeddedNats
+from krenalis.runtime.processes import free_port
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.deadletters import dead_letter
-from krenalis.stream.embedded import EmbeddedNats, free_port
 from krenalis.stream.layout import (
     STREAM,
     consumer_name,

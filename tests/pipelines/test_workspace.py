@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from krenalis.pipelines.filters import ConsentRule, matches
-from krenalis.workspace import (
+from krenalis.workspace.model import (
     DEFAULT_RETRY_WINDOW,
     Destination,
     Source,
@@ -17,7 +17,6 @@ from krenalis.workspace import (
     WorkspaceError,
     generate_write_key,
     load_workspace,
-    parse_duration,
     parse_workspace,
     starter_workspace_text,
 )
@@ -443,18 +442,6 @@ def test_empty_file_is_an_error() -> None:
     )
     assert error_of("- a\n") == "krenalis.yaml:1: the workspace file must be a mapping, got a list"
 
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("500ms", 0.5), ("30s", 30), ("1m30s", 90), ("4h", 14400), ("1.5h", 5400), ("1d", 86400)],
-)
-def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "10", "4 h", "h", "-1s", "1y", "1h 30m", 10])
-def test_bad_durations(text: object) -> None:
-    assert parse_duration(text) is None  # type: ignore[arg-type]
 
 
 def test_generate_write_key() -> None:

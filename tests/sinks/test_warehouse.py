@@ -18,11 +18,11 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from krenalis.errors import EmbeddedPostgresError
 from krenalis.sinks.base import DELIVERED, Delivered, Rejected, Retry
 from krenalis.sinks.warehouse import (
     COLUMNS,
     EmbeddedPostgres,
-    EmbeddedPostgresError,
     WarehouseSink,
     init_db,
     is_retriable,

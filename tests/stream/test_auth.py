@@ -21,8 +21,9 @@ import pytest
 
 from fixtures.nats_servers import settings_for
 from fixtures.natsjwt import OperatorSetup, new_key
-from krenalis.stream.connection import NatsAuthError, NatsConnection
-from krenalis.stream.embedded import EmbeddedNats
+from krenalis.errors import NatsAuthError
+from krenalis.runtime.nats_server import EmbeddedNats
+from krenalis.stream.connection import NatsConnection
 
 #: Wrong credentials must be refused well within this many seconds (nats-py's default is ~2 min).
 FAST = 3.0

@@ -8,10 +8,11 @@ import contextlib
 import pytest
 
 from fixtures.nats_servers import settings_for
+from krenalis.errors import PublishError
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.consumer import PipelineConsumer
 from krenalis.stream.layout import STREAM, ensure_consumer, ensure_streams
-from krenalis.stream.publisher import Publisher, PublishError, copy_for
+from krenalis.stream.publisher import Publisher, copy_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 

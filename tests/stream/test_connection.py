@@ -7,8 +7,10 @@ import asyncio
 import pytest
 
 from fixtures.nats_servers import connected, settings_for
-from krenalis.stream.connection import NatsConnection, ServerTooOldError, check_server_version
-from krenalis.stream.embedded import EmbeddedNats, free_port
+from krenalis.errors import ServerTooOldError
+from krenalis.runtime.nats_server import EmbeddedNats
+from krenalis.runtime.processes import free_port
+from krenalis.stream.connection import NatsConnection, check_server_version
 from krenalis.stream.layout import STREAM
 from krenalis.stream.publisher import Publisher, copy_for
 

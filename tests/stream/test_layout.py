@@ -107,7 +107,7 @@ async def test_stream_creation_waits_while_jetstream_is_unavailable(tmp_path, ca
     import asyncio
     import logging
 
-    from krenalis.stream.embedded import EmbeddedNats
+    from krenalis.runtime.nats_server import EmbeddedNats
 
     server = EmbeddedNats(tmp_path / "nojs", jetstream=False)
     server.start()

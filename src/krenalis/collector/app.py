@@ -25,13 +25,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from krenalis import metrics
-from krenalis.collector.http import HTTPError, error_body, header, read_body, send_json
-from krenalis.events import EVENT_TYPES, RequestError, decode_request, encode_event
+from krenalis.collector.http import error_body, header, read_body, send_json
+from krenalis.errors import PublishError, RequestError
+from krenalis.events import EVENT_TYPES, decode_request, encode_event
 from krenalis.pipelines.routing import Router
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import subject
-from krenalis.stream.publisher import OutMessage, Publisher, PublishError, message_id
-from krenalis.workspace import Source, Workspace
+from krenalis.stream.publisher import OutMessage, Publisher, message_id
+from krenalis.workspace.model import Source, Workspace
 
 __all__ = ["Collector"]
 
@@ -109,9 +110,14 @@ class Collector:
         headers = cors + _NO_STORE
         try:
             if scope["method"] != "POST":
-                raise HTTPError(405, "MethodNotAllowed", "use POST", [(b"allow", b"POST, OPTIONS")])
+                raise RequestError(
+                    "use POST",
+                    status=405,
+                    code="MethodNotAllowed",
+                    headers=[(b"allow", b"POST, OPTIONS")],
+                )
             status, body = await self._handle(scope, receive)
-        except HTTPError as exc:
+        except RequestError as exc:
             status, body = exc.status, error_body(exc.code, exc.message)
             headers += exc.headers
         except ConnectionResetError:
@@ -125,16 +131,13 @@ class Collector:
         source = self._source_from_header(scope)
         body = await read_body(scope, receive)
         received_at = datetime.now(UTC)
-        try:
-            decoded = decode_request(
-                body,
-                event_type=_event_type(scope),
-                received_at=received_at,
-                remote_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
-                forwarded_for=header(scope, b"x-forwarded-for"),
-            )
-        except RequestError as exc:
-            raise HTTPError(exc.status, exc.code, exc.message) from None
+        decoded = decode_request(
+            body,
+            event_type=_event_type(scope),
+            received_at=received_at,
+            remote_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
+            forwarded_for=header(scope, b"x-forwarded-for"),
+        )
         source = source or self._source_from_body(decoded.write_key)
         if not await self.conn.wait_usable():
             raise _unavailable("the event stream (NATS) is not reachable right now")
@@ -148,19 +151,26 @@ class Collector:
         key = _key_from_authorization(raw)
         source = self.workspace.source_by_write_key(key)
         if source is None:
-            raise HTTPError(401, "Unauthorized", "the write key in the Authorization header is not valid")
+            raise RequestError(
+                "the write key in the Authorization header is not valid",
+                status=401,
+                code="Unauthorized",
+            )
         return source
 
     def _source_from_body(self, write_key: str | None) -> Source:
         if not write_key:
-            raise HTTPError(
-                401, "Unauthorized",
-                "write key is missing: send it as \"Authorization: Bearer <WRITE_KEY>\", as HTTP "
-                "Basic user name, or as \"writeKey\" in the body",
-            )  # fmt: skip
+            raise RequestError(
+                'write key is missing: send it as "Authorization: Bearer <WRITE_KEY>", as HTTP '
+                'Basic user name, or as "writeKey" in the body',
+                status=401,
+                code="Unauthorized",
+            )
         source = self.workspace.source_by_write_key(write_key)
         if source is None:
-            raise HTTPError(401, "Unauthorized", "the write key in the request body does not exist")
+            raise RequestError(
+                "the write key in the request body does not exist", status=401, code="Unauthorized"
+            )
         return source
 
     async def _publish(self, source: Source, events: list[dict]) -> int:
@@ -174,7 +184,9 @@ class Collector:
             data = encode_event(event)
             for pipeline, shard in targets:
                 copies.append(
-                    OutMessage(subject(pipeline, shard), data, message_id(event["messageId"], pipeline))
+                    OutMessage(
+                        subject(pipeline, shard), data, message_id(event["messageId"], pipeline)
+                    )
                 )
                 per_pipeline[pipeline] = per_pipeline.get(pipeline, 0) + 1
         if copies:
@@ -207,21 +219,25 @@ def _check_content_type(value: str | None) -> None:
         return
     media, _, params = value.partition(";")
     if media.strip().lower() not in ("application/json", "text/plain", ""):
-        raise HTTPError(
-            415, "UnsupportedMediaType",
+        raise RequestError(
             f"request's content type must be 'application/json' or 'text/plain', not {media.strip()!r}",
-        )  # fmt: skip
+            status=415,
+            code="UnsupportedMediaType",
+        )
     for param in filter(None, (p.strip() for p in params.split(";"))):
         name, _, charset = param.partition("=")
         if name.strip().lower() != "charset":
-            raise HTTPError(
-                415, "UnsupportedMediaType",
+            raise RequestError(
                 f"request's content type has an unsupported parameter {name.strip()!r}; "
                 "only charset=utf-8 is accepted",
-            )  # fmt: skip
+                status=415,
+                code="UnsupportedMediaType",
+            )
         if charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise HTTPError(
-                415, "UnsupportedMediaType", "request's content type charset must be 'utf-8'"
+            raise RequestError(
+                "request's content type charset must be 'utf-8'",
+                status=415,
+                code="UnsupportedMediaType",
             )
 
 
@@ -234,13 +250,15 @@ def _key_from_authorization(raw: str) -> str:
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
-            raise HTTPError(400, "BadRequest", _BAD_AUTH) from None
+            raise RequestError(_BAD_AUTH, status=400, code="BadRequest") from None
         return decoded.partition(":")[0]
-    raise HTTPError(400, "BadRequest", _BAD_AUTH)
+    raise RequestError(_BAD_AUTH, status=400, code="BadRequest")
 
 
-def _unavailable(message: str) -> HTTPError:
-    return HTTPError(503, "ServiceUnavailable", message, [(b"retry-after", b"2")])
+def _unavailable(message: str) -> RequestError:
+    return RequestError(
+        message, status=503, code="ServiceUnavailable", headers=[(b"retry-after", b"2")]
+    )
 
 
 def _answer(source: Source, decoded: Any, stored: int) -> dict[str, Any]:

@@ -8,9 +8,10 @@ from typing import Any
 
 import msgspec
 
+from krenalis.errors import RequestError
 from krenalis.events import MAX_BODY_BYTES
 
-__all__ = ["HTTPError", "read_body", "send_json", "header"]
+__all__ = ["error_body", "header", "read_body", "send_json"]
 
 Scope = dict[str, Any]
 
@@ -18,17 +19,6 @@ _encoder = msgspec.json.Encoder()
 
 #: Seconds a request body may stop arriving before the request is refused (408).
 BODY_IDLE_TIMEOUT = 30.0
-
-
-class HTTPError(Exception):
-    """A request-level error answered as {"error": {"code", "message"}}."""
-
-    def __init__(self, status: int, code: str, message: str, headers: list | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or []
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -39,9 +29,9 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def too_large() -> HTTPError:
-    return HTTPError(
-        413, "PayloadTooLarge", f"request body is larger than {MAX_BODY_BYTES} bytes"
+def too_large() -> RequestError:
+    return RequestError(
+        f"request body is larger than {MAX_BODY_BYTES} bytes", status=413, code="PayloadTooLarge"
     )
 
 
@@ -57,10 +47,11 @@ async def read_body(scope: Scope, receive: Any) -> bytes:
         raise too_large()
     encoding = (header(scope, b"content-encoding") or "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
-        raise HTTPError(
-            415, "UnsupportedMediaType",
+        raise RequestError(
             f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
-        )  # fmt: skip
+            status=415,
+            code="UnsupportedMediaType",
+        )
     inflater = _Gunzip() if encoding == "gzip" else None
     parts: list[bytes] = []
     size = 0
@@ -71,10 +62,11 @@ async def read_body(scope: Scope, receive: Any) -> bytes:
             async with asyncio.timeout(BODY_IDLE_TIMEOUT):
                 message = await receive()
         except TimeoutError:
-            raise HTTPError(
-                408, "RequestTimeout",
+            raise RequestError(
                 f"the request body stopped arriving for {BODY_IDLE_TIMEOUT:g} seconds",
-            ) from None  # fmt: skip
+                status=408,
+                code="RequestTimeout",
+            ) from None
         if message["type"] == "http.disconnect":
             raise ConnectionResetError("client disconnected")
         chunk = message.get("body", b"")
@@ -93,8 +85,10 @@ async def read_body(scope: Scope, receive: Any) -> bytes:
     return b"".join(parts)
 
 
-def _bad_gzip() -> HTTPError:
-    return HTTPError(415, "UnsupportedMediaType", "request body is not valid gzip data")
+def _bad_gzip() -> RequestError:
+    return RequestError(
+        "request body is not valid gzip data", status=415, code="UnsupportedMediaType"
+    )
 
 
 class _Gunzip:

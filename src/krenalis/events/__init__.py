@@ -13,7 +13,6 @@ from .decode import (
     decode_request,
     encode_event,
 )
-from .errors import InvalidEvent, RequestError
 
 __all__ = [
     "EVENT_TYPES",
@@ -21,9 +20,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_EVENT_BYTES",
     "DecodedRequest",
-    "InvalidEvent",
     "Rejection",
-    "RequestError",
     "decode_event",
     "decode_request",
     "encode_event",

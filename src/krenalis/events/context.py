@@ -7,7 +7,8 @@ the original does. Unknown keys are skipped. Errors raise EventError with the or
 
 from __future__ import annotations
 
-from .errors import EventError
+from krenalis.errors import EventError
+
 from .locales import normalize_locale
 
 __all__ = ["SECTIONS", "decode_context", "merge_context"]

@@ -13,8 +13,9 @@ from datetime import datetime
 
 import msgspec
 
+from krenalis.errors import EventError, InvalidEvent, RequestError
+
 from .context import decode_context
-from .errors import EventError, InvalidEvent, RequestError
 from .event import EVENT_TYPES, RequestState, build_event
 from .ip import client_address
 from .timestamps import parse_timestamp, to_utc

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from krenalis.errors import EventError
+
 from .context import decode_context, merge_context
-from .errors import EventError
 from .ip import ClientAddress
 from .timestamps import format_timestamp, is_wire_form, parse_timestamp
 from .useragent import normalize_browser, normalize_os, parse_user_agent

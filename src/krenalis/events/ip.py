@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .errors import EventError, RequestError
+from krenalis.errors import EventError, RequestError
 
 __all__ = ["ClientAddress", "client_address"]
 

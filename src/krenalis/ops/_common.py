@@ -12,12 +12,12 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
 from krenalis.config import Settings
-from krenalis.stream.connection import NatsAuthError, NatsConnection, ServerTooOldError
+from krenalis.errors import CommandError, NatsAuthError, ServerTooOldError
+from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import DLQ_PREFIX, DLQ_STREAM
 
 __all__ = [
     "CONNECT_TIMEOUT",
-    "OpsError",
     "check_pipeline_id",
     "connected",
     "dead_letter_counts",
@@ -37,12 +37,6 @@ _NO_URL = (
 )
 
 
-class OpsError(Exception):
-    """An expected failure: one line telling the operator what to do, and the exit code."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def nats_urls(settings: Settings) -> tuple[str, ...]:
@@ -53,10 +47,10 @@ def nats_urls(settings: Settings) -> tuple[str, ...]:
     try:
         port = int(port_file.read_text().strip())
     except (OSError, ValueError):
-        raise OpsError(_NO_URL.format(port_file=port_file, state="not found"), 2) from None
+        raise CommandError(_NO_URL.format(port_file=port_file, state="not found"), 2) from None
     if not _accepting(port):
         state = f"says port {port}, where nothing listens"
-        raise OpsError(_NO_URL.format(port_file=port_file, state=state), 1)
+        raise CommandError(_NO_URL.format(port_file=port_file, state=state), 1)
     return (f"nats://127.0.0.1:{port}",)
 
 
@@ -72,14 +66,14 @@ def _accepting(port: int) -> bool:
 async def connected(
     settings: Settings, urls: tuple[str, ...], timeout: float = CONNECT_TIMEOUT
 ) -> AsyncIterator[NatsConnection]:
-    """A connection for one command, with every connect failure turned into an OpsError."""
+    """A connection for one command, with every connect failure turned into an CommandError."""
     conn = NatsConnection(settings, urls, name="krenalis-ops")
     try:
         await conn.connect(timeout=timeout)
     except TimeoutError:
         # NatsConnection keeps the client's last error (e.g. "Connect call failed") privately.
         last = conn.last_error
-        raise OpsError(
+        raise CommandError(
             f"cannot connect to NATS at {conn.servers} within {timeout:g}s"
             + (f" ({last})" if last else "")
             + "; is nats-server running and reachable? Check KRENALIS_NATS_URL"
@@ -87,7 +81,7 @@ async def connected(
     except (NatsAuthError, ServerTooOldError) as exc:
         with contextlib.suppress(Exception):
             await conn.nc.close()
-        raise OpsError(str(exc)) from None
+        raise CommandError(str(exc)) from None
     try:
         yield conn
     finally:
@@ -117,7 +111,7 @@ def check_pipeline_id(pipeline: str | None) -> str | None:
     if pipeline is not None and (
         not pipeline or not all(c.isascii() and (c.isalnum() or c in "-_") for c in pipeline)
     ):
-        raise OpsError(f"{pipeline!r} is not a pipeline id (letters, digits, '-' and '_' only)", 2)
+        raise CommandError(f"{pipeline!r} is not a pipeline id (letters, digits, '-' and '_' only)", 2)
     return pipeline
 
 

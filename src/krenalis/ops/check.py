@@ -17,7 +17,8 @@ import nats.errors
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from krenalis.config import Settings
-from krenalis.ops._common import CONNECT_TIMEOUT, OpsError, connected, human_bytes, storage_of
+from krenalis.errors import CommandError
+from krenalis.ops._common import CONNECT_TIMEOUT, connected, human_bytes, storage_of
 from krenalis.ops.keys import public_key_from_seed
 from krenalis.stream.connection import MIN_SERVER_VERSION, NatsConnection
 from krenalis.stream.layout import STREAM
@@ -30,7 +31,7 @@ _MIN = ".".join(map(str, MIN_SERVER_VERSION[:2]))
 
 def check(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.nats_urls:
-        raise OpsError(
+        raise CommandError(
             "KRENALIS_NATS_URL is not set, so there is no NATS server to check (`krenalis "
             "serve` would start its embedded one). Set it in the environment or in .env, e.g. "
             "KRENALIS_NATS_URL=nats://127.0.0.1:4222",
@@ -60,7 +61,7 @@ async def collect(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> dict[
             report["server"] = _server(conn)
             if await _jetstream(conn, report):
                 await _stream(conn, settings, report)
-    except OpsError as exc:
+    except CommandError as exc:
         report["problems"].append(str(exc))
     _replicas(settings, report)
     report["ok"] = not report["problems"]

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import nats.errors
 
 from krenalis.config import Settings
-from krenalis.ops._common import CONNECT_TIMEOUT, OpsError, quiet_logs
-from krenalis.stream.natsserver import NatsServerNotFound
+from krenalis.errors import CommandError, NatsServerNotFound
+from krenalis.ops._common import CONNECT_TIMEOUT, quiet_logs
 
 __all__ = ["add_commands"]
 
@@ -38,7 +38,7 @@ def _handler(module: str, name: str) -> Handler:
         with quiet_logs(settings.log_level):
             try:
                 return function(settings, args)
-            except OpsError as exc:
+            except CommandError as exc:
                 print(f"krenalis: {exc}", file=sys.stderr)
                 return exc.code
             except NatsServerNotFound as exc:

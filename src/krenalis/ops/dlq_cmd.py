@@ -25,8 +25,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from krenalis.config import Settings
+from krenalis.errors import CommandError
 from krenalis.ops._common import (
-    OpsError,
     check_pipeline_id,
     connected,
     dead_letter_counts,
@@ -90,7 +90,7 @@ def _run(settings: Settings, work: Any) -> Any:
 def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     pipeline = check_pipeline_id(args.pipeline)
     if args.limit < 1:
-        raise OpsError("--limit must be at least 1", 2)
+        raise CommandError("--limit must be at least 1", 2)
 
     async def work(js: JetStreamContext) -> tuple[list[DeadLetter], int]:
         counts = await dead_letter_counts(js)
@@ -129,7 +129,7 @@ def dlq_show(settings: Settings, args: argparse.Namespace) -> int:
         try:
             return await get_dead_letter(js, args.seq)
         except NotFoundError:
-            raise OpsError(f"no dead letter with sequence {args.seq} in {DLQ_STREAM}") from None
+            raise CommandError(f"no dead letter with sequence {args.seq} in {DLQ_STREAM}") from None
 
     letter = _as_dict(_run(settings, work), with_event=True)
     if args.json:
@@ -153,7 +153,7 @@ def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
         try:
             shards = await list_pipeline_consumers(js)
         except NotFoundError:
-            raise OpsError(
+            raise CommandError(
                 f"the {STREAM} stream does not exist; start `krenalis serve` first"
             ) from None
         replayer = _Replayer(js, shards, console)
@@ -269,7 +269,7 @@ def dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
     if not args.yes:
         question = f"Delete {total} dead letter{'s' if total != 1 else ''}{which}? This cannot be undone. [y/N] "
         if not sys.stdin.isatty():
-            raise OpsError(
+            raise CommandError(
                 f"refusing to delete {total} dead letters{which} without confirmation: add --yes",
                 2,
             )

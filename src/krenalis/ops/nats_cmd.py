@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 
 from krenalis.config import Settings
-from krenalis.ops._common import OpsError
+from krenalis.errors import CommandError, ServerConfigError
 from krenalis.ops.keys import generate_user_keypair, write_seed_file
 from krenalis.ops.natsconf import (
     Auth,
     ClusterConfig,
-    ConfigError,
     NKeyAuth,
     ServerConfig,
     TokenAuth,
@@ -28,7 +27,7 @@ from krenalis.ops.natsconf import (
     validate_with_server,
     write_config,
 )
-from krenalis.stream.natsserver import nats_server_path
+from krenalis.runtime.nats_server import nats_server_path
 
 __all__ = ["config", "keygen", "server"]
 
@@ -51,12 +50,12 @@ def keygen(settings: Settings, args: argparse.Namespace) -> int:
     try:
         path = write_seed_file(args.out, pair.seed, force=args.force)
     except FileExistsError:
-        raise OpsError(
+        raise CommandError(
             f"{args.out} already exists; refusing to overwrite a credential "
             "(remove it, or use --force to replace it)"
         ) from None
     except OSError as exc:
-        raise OpsError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     print(
         f"Wrote the seed (secret) to {path} with mode 0600: set KRENALIS_NATS_NKEY to its "
         "content. The public key, for `krenalis nats config --nkey`:",
@@ -72,11 +71,11 @@ def config(settings: Settings, args: argparse.Namespace) -> int:
     try:
         text = render(server_config)
     except ValueError as exc:
-        raise OpsError(str(exc), 2) from None
+        raise CommandError(str(exc), 2) from None
     try:
         validate_with_server(text)
-    except ConfigError as exc:
-        raise OpsError(f"nats-server rejected the configuration; nothing written: {exc}") from None
+    except ServerConfigError as exc:
+        raise CommandError(f"nats-server rejected the configuration; nothing written: {exc}") from None
     if server_config.auth is None:
         print(
             "krenalis: warning: no authorization: anyone who reaches the client port can read "
@@ -89,9 +88,9 @@ def config(settings: Settings, args: argparse.Namespace) -> int:
     try:
         write_config(args.out, text, force=args.force)
     except FileExistsError:
-        raise OpsError(f"{args.out} already exists; use --force to replace it") from None
+        raise CommandError(f"{args.out} already exists; use --force to replace it") from None
     except OSError as exc:
-        raise OpsError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     print(
         f"Wrote {args.out} (mode 0600; checked with nats-server -t). "
         f"Start the server with: krenalis nats server -c {args.out}",
@@ -103,9 +102,9 @@ def config(settings: Settings, args: argparse.Namespace) -> int:
 def _server_config(args: argparse.Namespace) -> ServerConfig:
     host, port = _host_port(args.listen, "--listen")
     if not args.cluster and (args.routes or args.cluster_listen):
-        raise OpsError("--routes and --cluster-listen are for cluster nodes: add --cluster", 2)
+        raise CommandError("--routes and --cluster-listen are for cluster nodes: add --cluster", 2)
     if args.cluster and not args.name:
-        raise OpsError(
+        raise CommandError(
             "a cluster node needs --name, a server name unique in the cluster "
             "(e.g. --name nats-node-1)",
             2,
@@ -140,7 +139,7 @@ def _host_port(text: str, flag: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:4222
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise OpsError(f"{flag} must look like HOST:PORT (e.g. 0.0.0.0:4222), got {text!r}", 2)
+        raise CommandError(f"{flag} must look like HOST:PORT (e.g. 0.0.0.0:4222), got {text!r}", 2)
     return host, int(port)
 
 
@@ -155,14 +154,14 @@ def _auth(args: argparse.Namespace) -> Auth | None:
         if given
     ]
     if len(chosen) > 1:
-        raise OpsError(f"choose one authorization method, not {' and '.join(chosen)}", 2)
+        raise CommandError(f"choose one authorization method, not {' and '.join(chosen)}", 2)
     if args.nkey:
         return NKeyAuth(list(args.nkey))
     if args.token is not None:
         return TokenAuth(_secret_arg(args.token, "--token"))
     if args.user is not None or args.password is not None:
         if not args.user or args.password is None:
-            raise OpsError("user/password authorization needs both --user and --password", 2)
+            raise CommandError("user/password authorization needs both --user and --password", 2)
         return UserPasswordAuth(args.user, _secret_arg(args.password, "--password"))
     return None
 
@@ -173,7 +172,7 @@ def _secret_arg(value: str, flag: str) -> str:
         return value
     line = sys.stdin.readline().rstrip("\r\n")
     if not line:
-        raise OpsError(f"{flag} -: standard input gave an empty line", 2)
+        raise CommandError(f"{flag} -: standard input gave an empty line", 2)
     return line
 
 
@@ -181,7 +180,7 @@ def server(settings: Settings, args: argparse.Namespace) -> int:
     """Replace this process with the bundled nats-server running `-c FILE`."""
     path = Path(args.config)
     if not path.is_file():
-        raise OpsError(
+        raise CommandError(
             f"no configuration file at {path}; write one with `krenalis nats config --out {path}`",
             2,
         )

@@ -17,6 +17,7 @@ operator can still choose `always` (e.g. when all nodes share one power supply).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -24,14 +25,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from krenalis.config import go_duration, parse_duration
+from krenalis.errors import ServerConfigError
 from krenalis.ops.keys import is_user_public_key, write_secret_file
-from krenalis.stream.natsserver import nats_server_path, quote
+from krenalis.runtime.nats_server import nats_server_path, quote
 
 __all__ = [
     "SYNC_ALWAYS",
     "Auth",
     "ClusterConfig",
-    "ConfigError",
     "NKeyAuth",
     "ServerConfig",
     "TokenAuth",
@@ -46,15 +48,11 @@ __all__ = [
 
 SYNC_ALWAYS = "always"
 
-# A Go time.Duration as accepted by nats-server, e.g. "2m", "10s", "1m30s", "500ms".
-_DURATION_RE = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _ROUTE_SCHEMES = ("nats://", "nats-route://", "tls://")
 
 
-class ConfigError(ValueError):
-    """nats-server rejected a configuration (its message is included)."""
 
 
 @dataclass
@@ -136,9 +134,16 @@ def _size_bytes(value: int | str, what: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
 
 
+def _server_interval(value: str) -> str:
+    return value if value == SYNC_ALWAYS else go_duration(value)
+
+
 def _check_sync_interval(value: str | None) -> None:
-    if value is None or value == SYNC_ALWAYS or _DURATION_RE.match(value):
+    if value is None or value == SYNC_ALWAYS:
         return
+    with contextlib.suppress(ValueError):
+        if parse_duration(value) > 0:
+            return
     raise ValueError(
         f"sync_interval must be 'always', a duration such as '2m' or '10s', or None "
         f"(NATS default), got {value!r}"
@@ -194,7 +199,7 @@ def _render_jetstream(config: ServerConfig) -> list[str]:
         lines.append(
             "  # fsync policy; 'always' = fsync before ack (no acked event lost on power loss)"
         )
-        lines.append(f"  sync_interval: {quote(config.sync_interval)}")
+        lines.append(f"  sync_interval: {quote(_server_interval(config.sync_interval))}")
     if config.max_memory_store is not None:
         size = _size_bytes(config.max_memory_store, "max_memory_store")
         lines.append(f"  max_memory_store: {size}")
@@ -249,7 +254,7 @@ def _blocks(config: ServerConfig) -> list[list[str]]:
 
 
 def validate_with_server(text: str, *, server: str | None = None) -> None:
-    """Check `text` with `nats-server -t`; raise ConfigError with the server's message.
+    """Check `text` with `nats-server -t`; raise ServerConfigError with the server's message.
 
     The temporary copy is private (mode 0600) because the text may hold a token or password.
     """
@@ -262,7 +267,7 @@ def validate_with_server(text: str, *, server: str | None = None) -> None:
     if proc.returncode != 0:
         message = proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}"
         # Report positions against "nats.conf" rather than a temp path that no longer exists.
-        raise ConfigError(message.replace(str(path), "nats.conf"))
+        raise ServerConfigError(message.replace(str(path), "nats.conf"))
 
 
 def write_config(path: str | os.PathLike[str], text: str, *, force: bool = False) -> Path:

@@ -20,9 +20,9 @@ from rich.table import Table
 
 from krenalis import __version__
 from krenalis.config import Settings
+from krenalis.errors import CommandError
 from krenalis.events import EVENT_TYPES
-from krenalis.ops._common import OpsError
-from krenalis.workspace import WorkspaceError, load_workspace
+from krenalis.workspace.model import WorkspaceError, load_workspace
 
 __all__ = ["send", "sample_events"]
 
@@ -33,7 +33,7 @@ _TIMEOUT = 30.0
 
 def send(settings: Settings, args: argparse.Namespace) -> int:
     if args.count < 1:
-        raise OpsError("--count must be at least 1", 2)
+        raise CommandError("--count must be at least 1", 2)
     url = (args.url or _default_url(settings)).rstrip("/")
     key = args.write_key or _workspace_key(settings)
     events = sample_events(args.count)
@@ -55,12 +55,12 @@ def _workspace_key(settings: Settings) -> str:
     try:
         workspace = load_workspace(settings.workspace_path)
     except WorkspaceError as exc:
-        raise OpsError(
+        raise CommandError(
             f"no write key: pass --write-key KEY, or fix the workspace file ({exc})", 2
         ) from None
     source = next(iter(workspace.sources.values()), None)
     if source is None:
-        raise OpsError(
+        raise CommandError(
             f"no write key: {settings.workspace_path} has no source; pass --write-key KEY", 2
         )
     print(
@@ -128,7 +128,7 @@ def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[s
     try:
         response = client.post(f"{url}/v1/batch", json={"batch": batch})
     except httpx.TransportError as exc:
-        raise OpsError(
+        raise CommandError(
             f"cannot reach the collector at {url} ({exc.__class__.__name__}: {exc}); is "
             "`krenalis serve` (or `krenalis collector`) running? Point --url at it"
         ) from None
@@ -141,8 +141,8 @@ def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]]) -> dict[s
     message = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else None
     message = message or body.get("message") or response.text[:200]
     if response.status_code == 401:
-        raise OpsError(f"the collector refused the write key: {message}")
-    raise OpsError(f"the collector answered {response.status_code}: {message}")
+        raise CommandError(f"the collector refused the write key: {message}")
+    raise CommandError(f"the collector answered {response.status_code}: {message}")
 
 
 def _report(sent: Counter[str], accepted: Counter[str], stored: int) -> None:

@@ -25,8 +25,8 @@ from rich.table import Table
 from rich.text import Text
 
 from krenalis.config import Settings
+from krenalis.errors import CommandError
 from krenalis.ops._common import (
-    OpsError,
     connected,
     dead_letter_counts,
     human_bytes,
@@ -34,7 +34,7 @@ from krenalis.ops._common import (
     storage_of,
 )
 from krenalis.stream.layout import STREAM, consumer_name, list_pipeline_consumers
-from krenalis.workspace import Workspace, WorkspaceError, load_workspace
+from krenalis.workspace.model import Workspace, WorkspaceError, load_workspace
 
 __all__ = ["collect", "status", "watch"]
 
@@ -43,7 +43,7 @@ _COUNTS = ("pending", "in_flight", "redelivered", "dead_letters")
 
 def status(settings: Settings, args: argparse.Namespace) -> int:
     if args.watch is not None and args.watch <= 0:
-        raise OpsError("--watch needs a number of seconds greater than 0", 2)
+        raise CommandError("--watch needs a number of seconds greater than 0", 2)
     urls = nats_urls(settings)
     try:
         return asyncio.run(_run(settings, urls, args))

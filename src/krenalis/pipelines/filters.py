@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
+from krenalis.errors import FilterError
 from krenalis.pipelines._operands import (
     MISSING,
     Operand,
@@ -70,7 +71,6 @@ __all__ = [
     "Condition",
     "ConsentRule",
     "Filter",
-    "FilterError",
     "consents_satisfied",
     "matches",
     "parse_consents",
@@ -92,17 +92,6 @@ EVENT_FIELDS = frozenset(
 MAX_CONSENT_PURPOSES = 100
 
 
-class FilterError(ValueError):
-    """A filter or consent rule that cannot be built.
-
-    ``obj`` is the offending part of the parsed input and ``key`` the key at fault in it, when
-    known, so that a caller holding line numbers can point at them.
-    """
-
-    def __init__(self, message: str, obj: object = None, key: str | None = None) -> None:
-        super().__init__(message)
-        self.obj = obj
-        self.key = key
 
 
 #: Every operator name, in documentation order.

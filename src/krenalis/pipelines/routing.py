@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from krenalis.pipelines.filters import ConsentRule, Filter, consents_satisfied
 
 if TYPE_CHECKING:  # routing only reads a workspace: no import cycle at run time
-    from krenalis.workspace import Pipeline, Workspace
+    from krenalis.workspace.model import Pipeline, Workspace
 
 __all__ = ["Router", "fnv1a_32", "shard_of"]
 

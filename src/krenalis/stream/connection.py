@@ -19,13 +19,12 @@ import nats
 from nats.js import JetStreamContext
 
 from krenalis.config import Settings
+from krenalis.errors import NatsAuthError, ServerTooOldError
 from krenalis.stream.client import Client
 
 __all__ = [
     "MIN_SERVER_VERSION",
-    "NatsAuthError",
     "NatsConnection",
-    "ServerTooOldError",
     "check_server_version",
     "connect_options",
 ]
@@ -37,12 +36,8 @@ MIN_SERVER_VERSION = (2, 12, 0)
 UP_GRACE_SECONDS = 0.2
 
 
-class NatsAuthError(ConnectionError):
-    """The server refused our credentials."""
 
 
-class ServerTooOldError(RuntimeError):
-    """The server is older than the 2.12 the event stream requires."""
 
 
 def connect_options(settings: Settings, urls: Sequence[str] | None = None) -> dict[str, Any]:

@@ -33,8 +33,8 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from krenalis.backoff import Backoff
 from krenalis.config import Settings
-from krenalis.stream.backoff import Backoff
 
 __all__ = [
     "DLQ_STREAM",

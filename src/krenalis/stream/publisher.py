@@ -26,10 +26,11 @@ from nats.errors import Error as NatsError
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
-from krenalis.stream.backoff import Backoff
+from krenalis.backoff import Backoff
+from krenalis.errors import PublishError
 from krenalis.stream.layout import STREAM, subject
 
-__all__ = ["OutMessage", "PublishError", "Publisher", "copy_for", "message_id"]
+__all__ = ["OutMessage", "Publisher", "copy_for", "message_id"]
 
 log = logging.getLogger("krenalis.stream")
 
@@ -44,8 +45,6 @@ MIN_ATOMIC = 50
 MAX_ATOMIC_IN_FLIGHT = 16
 
 
-class PublishError(RuntimeError):
-    """Some copies could not be stored within the publish deadline; nothing is promised."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,9 @@ import psutil
 import psycopg
 from psycopg import sql
 
-__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError"]
+from krenalis.errors import EmbeddedPostgresError
+
+__all__ = ["EmbeddedPostgres"]
 
 log = logging.getLogger("krenalis.warehouse")
 
@@ -42,8 +44,6 @@ MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
 START_ATTEMPTS = 3  # a port taken between our check and the bind: try another one
 
 
-class EmbeddedPostgresError(RuntimeError):
-    """The embedded server could not be initialised, started or stopped."""
 
 
 def _bin_path() -> Path:

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import psycopg
 
+from krenalis.errors import InvalidRow
+
 __all__ = [
     "COLUMNS",
     "Column",
-    "InvalidRow",
     "Kind",
     "MESSAGE_ID",
     "Row",
@@ -116,8 +117,6 @@ if len(COLUMNS) != 67:  # pragma: no cover - a guard against editing _LAYOUT by 
 # -- event -> row ----------------------------------------------------------------------------
 
 
-class InvalidRow(ValueError):
-    """An event that cannot become a row (the message names the field and the problem)."""
 
 
 def _tree() -> dict[str, Any]:

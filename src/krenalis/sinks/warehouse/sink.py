@@ -29,10 +29,11 @@ import re
 import psycopg
 from psycopg import sql
 
+from krenalis.errors import InvalidRow
 from krenalis.sinks.base import DELIVERED, Event, Outcome, Rejected, Retry
-from krenalis.sinks.warehouse.schema import COLUMNS, MESSAGE_ID, InvalidRow, Row, event_to_row
+from krenalis.sinks.warehouse.schema import COLUMNS, MESSAGE_ID, Row, event_to_row
 
-__all__ = ["InvalidRow", "WarehouseSink", "event_to_row", "is_retriable"]
+__all__ = ["WarehouseSink", "is_retriable"]
 
 log = logging.getLogger("krenalis.warehouse")
 

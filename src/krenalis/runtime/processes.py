@@ -1,14 +1,16 @@
-"""Processes left running by an earlier run that was killed (SIGKILL cannot stop children)."""
+"""Processes and ports: stopping what a killed earlier run left running (SIGKILL cannot stop
+children), and picking free loopback ports."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
-__all__ = ["alive", "stop_leftover"]
+__all__ = ["alive", "free_port", "stop_leftover"]
 
 log = logging.getLogger("krenalis")
 
@@ -39,3 +41,11 @@ def stop_leftover(pid_path: Path, marker: bytes) -> None:
         time.sleep(0.05)
     if alive(pid):
         os.kill(pid, signal.SIGKILL)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on `host` (the kernel picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
