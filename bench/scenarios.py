@@ -72,7 +72,7 @@ class Runner:
     _pg_template: Path | None = None
 
     def __post_init__(self) -> None:
-        from krenalis.workspace.model import generate_write_key
+        from krenalis.workspace.starter import generate_write_key
 
         self.write_key = generate_write_key()
 

@@ -1,9 +1,9 @@
 """Settings: read once at start-up from the environment and a `.env` file, validated, typed.
 
 The environment wins over `.env`. Every problem stops start-up with one line naming the
-variable, the bad value (never for secrets) and what is accepted; the NATS rules and messages
-follow the original Krenalis (reference section 7.1). Nothing else in the package reads
-`os.environ`.
+variable, the bad value (never for secrets) and what is accepted. The KRENALIS_NATS_* rules
+and messages are those of Krenalis's Go implementation (github.com/krenalis/krenalis), so a
+`.env` gets the same answer from either. Nothing else in the package reads `os.environ`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from dotenv import dotenv_values
 
 from krenalis.errors import ConfigError
 
-__all__ = ["Secret", "Settings", "go_duration", "load_settings", "parse_duration"]
+__all__ = ["CHILD_MARKER", "Secret", "Settings", "go_duration", "load_settings", "parse_duration"]
 
 MIN_ACK_WAIT = 1.0
 DEFAULT_ACK_WAIT = 30.0
 URL_SCHEMES = ("nats", "tls", "ws", "wss")
-
-
+#: Set by `serve` in its children's environment (to the child's PID file).
+CHILD_MARKER = "KRENALIS_CHILD"
 
 
 class Secret:
@@ -78,7 +78,11 @@ class Settings:
     http_port: int = 2022
     http_workers: int = 1
     metrics_enabled: bool = False
+    #: Where the processes of one `serve` share their metrics (Prometheus multiprocess mode).
+    metrics_dir: Path | None = None
     log_level: str = "INFO"
+    #: A child process of `serve` (a collector or the worker process), which `serve` started.
+    child: bool = False
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -112,7 +116,11 @@ def load_settings(
         http_port=_port(env.get("KRENALIS_HTTP_PORT", "")),
         http_workers=_int_range(env, "KRENALIS_HTTP_WORKERS", 1, 1, 64),
         metrics_enabled=_bool(env, "KRENALIS_PROMETHEUS_METRICS_ENABLED"),
+        metrics_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"])
+        if env.get("PROMETHEUS_MULTIPROC_DIR")
+        else None,
         log_level=_log_level(env.get("KRENALIS_LOG_LEVEL", "")),
+        child=bool(env.get(CHILD_MARKER)),
         extra={k: v for k, v in env.items() if k.startswith("KRENALIS_")},
     )
 

@@ -22,7 +22,7 @@ from krenalis.runtime.nats_server import EmbeddedNats
 from krenalis.runtime.processes import free_port
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import ensure_consumer, ensure_streams
-from krenalis.workspace.model import parse_workspace
+from krenalis.workspace.load import parse_workspace
 
 
 @pytest.fixture

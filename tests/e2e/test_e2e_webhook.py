@@ -222,7 +222,7 @@ pipelines:
         events = [make_event(f"slow-{i}", user=f"u{i}") for i in range(4)]
         events.append(make_event("slow-4", user="u0"))  # after slow-0: 6 s in the worker
         await collector_answer(serve.base_url, events)
-        await wait_for(lambda: rx.requests, what="the first request")
+        await wait_for(lambda: rx.bodies, what="the first delivery")
         await asyncio.sleep(1.5)  # beyond AckWait, the receiver still working on it
         assert await stream_messages(js) == 5  # nothing acked before a 200
         info = await js.consumer_info(STREAM, consumer_name("web-slow"))

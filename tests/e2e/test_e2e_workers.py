@@ -18,7 +18,8 @@ from fixtures.nats_servers import settings_for
 from krenalis.events import encode_event
 from krenalis.stream.layout import DLQ_STREAM, STREAM, consumer_name, ensure_streams, subject
 from krenalis.worker.pool import Workers
-from krenalis.workspace.model import Workspace, parse_workspace
+from krenalis.workspace.load import parse_workspace
+from krenalis.workspace.model import Workspace
 
 
 def workspace(out: Path, *pipelines: str) -> Workspace:

@@ -100,12 +100,14 @@ def test_exported_members() -> None:
         "MAX_BODY_BYTES",
         "MAX_EVENT_BYTES",
         "DecodedRequest",
-        "InvalidEvent",
+        "ParsedRequest",
         "Rejection",
-        "RequestError",
+        "build_events",
         "decode_event",
         "decode_request",
         "encode_event",
+        "parse_request",
+        "user_key",
     }
     assert all(hasattr(krenalis.events, name) for name in exported)
     assert krenalis.events.EVENT_TYPES == ("track", "page", "screen", "identify", "group", "alias")

@@ -37,6 +37,7 @@ from krenalis.ops.natsconf import (
     write_config,
 )
 from krenalis.runtime.nats_server import nats_server_path, nats_server_version
+from krenalis.runtime.processes import free_port
 from krenalis.stream.connection import MIN_SERVER_VERSION
 
 # Characters that break naive quoting: quotes, backslashes, conf syntax, variables, comments,
@@ -47,16 +48,10 @@ NASTY = "a\"b'c\\d $HOME ${x} #h //c {}[]=:;, \t\n\r\x01\x7f é ü 漢 \\x41 end
 # ---------------------------------------------------------------- helpers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _free_port_block(count: int) -> int:
     """First port of `count` consecutive free loopback ports (held together while probing)."""
     for _ in range(200):
-        base = _free_port()
+        base = free_port()
         if base + count > 65535:
             continue
         held = []
@@ -114,7 +109,7 @@ def _running(config: ServerConfig, workdir: Path) -> Iterator[subprocess.Popen]:
 
 
 def _single(tmp_path: Path, auth, **kwargs) -> ServerConfig:
-    return ServerConfig(port=_free_port(), store_dir=str(tmp_path / "store"), auth=auth, **kwargs)
+    return ServerConfig(port=free_port(), store_dir=str(tmp_path / "store"), auth=auth, **kwargs)
 
 
 async def _connect(url: str | list[str], **kwargs) -> nats.NATS:

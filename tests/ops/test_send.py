@@ -19,7 +19,7 @@ from krenalis.ops.send import sample_events
 from krenalis.runtime.processes import free_port
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer, ensure_streams
-from krenalis.workspace.model import parse_workspace
+from krenalis.workspace.load import parse_workspace
 
 KEY = "s" * 32
 WORKSPACE = f"""\

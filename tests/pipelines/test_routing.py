@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from krenalis.pipelines.routing import Router, fnv1a_32, shard_of
-from krenalis.workspace.model import parse_workspace
+from krenalis.workspace.load import parse_workspace
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from krenalis.errors import WorkspaceError
 from krenalis.pipelines.filters import ConsentRule, matches
-from krenalis.workspace.model import (
-    DEFAULT_RETRY_WINDOW,
-    Destination,
-    Source,
-    WarehouseConfig,
-    WorkspaceError,
+from krenalis.sinks.file import FileOptions
+from krenalis.sinks.webhook import WebhookOptions
+from krenalis.workspace.load import load_workspace, parse_workspace
+from krenalis.workspace.model import DEFAULT_RETRY_WINDOW, Destination, Source, WarehouseConfig
+from krenalis.workspace.starter import (
     generate_write_key,
-    load_workspace,
-    parse_workspace,
     starter_workspace_text,
+    write_starter_workspace,
 )
+from krenalis.workspace.values import Duration
 
 KEY_A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 KEY_B = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -99,18 +99,21 @@ def test_full_file_loads_every_field() -> None:
     assert list(ws.destinations) == ["crm", "archive"]
     assert ws.destinations["crm"] == Destination(
         id="crm",
-        type="webhook",
-        url="https://example.com/hook?token=abc",
-        secret="s3cret-value",
-        headers={"Authorization": "Bearer tok-123"},
-        batch=True,
-        timeout=90.0,
-        max_concurrency=4,
-        rate_limit=12.5,
-        retry_window=7200.0,
+        options=WebhookOptions(
+            url="https://example.com/hook?token=abc",
+            secret="s3cret-value",
+            headers={"Authorization": "Bearer tok-123"},
+            batch=True,
+            timeout=Duration(90.0),
+            max_concurrency=4,
+            rate_limit=12.5,
+            retry_window=Duration(7200.0),
+        ),
     )
+    assert ws.destinations["crm"].type == "webhook"
     archive = ws.destinations["archive"]
-    assert (archive.type, archive.path, archive.url) == ("file", "./data/archive", None)
+    assert archive.options == FileOptions(path="./data/archive")
+    assert (archive.type, archive.options.path) == ("file", "./data/archive")  # type: ignore[attr-defined]
     assert archive.retry_window == DEFAULT_RETRY_WINDOW
 
 
@@ -139,8 +142,6 @@ def test_full_file_pipelines() -> None:
 def test_workspace_helpers() -> None:
     ws = parse(FULL)
     assert [p.id for p in ws.enabled_pipelines()] == ["website-warehouse", "website-crm"]
-    assert [p.id for p in ws.pipelines_for_source("app")] == ["app-archive"]
-    assert ws.pipelines_for_source("nope") == []
     assert ws.source_by_write_key(KEY_B) is ws.sources["app"]
     assert ws.source_by_write_key(KEY_A[:-1]) is None
     assert ws.source_by_write_key("") is None
@@ -154,6 +155,7 @@ def test_reprs_never_show_secrets() -> None:
         assert secret not in shown
     assert "Source(id='website', write_key='***')" in shown
     assert "postgresql://user:***@db.example.com:5432/krenalis" in shown
+    assert "token=abc" not in shown  # a URL's query may hold a token
     assert (
         repr(WarehouseConfig("host=db password=x")) == "WarehouseConfig(dsn='host=db password=***')"
     )
@@ -413,6 +415,80 @@ def test_more_errors(text: str, needle: str, reason: str) -> None:
     assert error_of(text) == f"krenalis.yaml:{line_of(text, needle)}: {reason}"
 
 
+DESTINATION = SOURCE + "destinations:\n  c:\n    type: webhook\n    url: https://x.io\n"
+
+# Wordings built from the declarations (msgspec types and their bounds), beyond the ones above.
+DECLARED_ERRORS = [
+    (
+        DESTINATION + "    max_concurrency: 2000\n",
+        "max_concurrency",
+        'destination "c": max_concurrency must be a whole number from 1 to 1024, got 2000',
+    ),
+    (
+        DESTINATION + "    batch: yes please\n",
+        "batch",
+        "destination \"c\": batch must be true or false, got 'yes please'",
+    ),
+    (
+        DESTINATION + '    headers:\n      A: ok\n      B: "x\\ny"\n',
+        "B:",
+        'destination "c": header "B" has a line break',
+    ),
+    (
+        DESTINATION + "    secret: 5\n",
+        "secret",
+        'destination "c": secret must be a non-empty string',
+    ),
+    (
+        DESTINATION + "    colour: red\n",
+        "colour",
+        'unknown key "colour" in destination "c" (allowed: type, url, secret, headers, batch, '
+        "timeout, max_concurrency, rate_limit, retry_window)",
+    ),
+    (
+        SOURCE + "destinations:\n  c:\n    type: 5\n",
+        "type",
+        'destination "c": unknown type "5" (known types: file, webhook)',
+    ),
+    (
+        SOURCE + "destinations:\n  c: [a]\n",
+        "c:",
+        'destination "c" must be a mapping, got a list',
+    ),
+    (
+        PIPELINE + "    batch: {max_wait: 0s}\n",
+        "batch",
+        'pipeline "p": batch: max_wait must be a duration above zero such as 500ms, 30s, '
+        "1m30s or 4h, got '0s'",
+    ),
+    (
+        PIPELINE + "    batch: {max_wat: 1s}\n",
+        "batch",
+        'unknown key "max_wat" in pipeline "p": batch (allowed: max_events, max_wait)',
+    ),
+    (
+        PIPELINE + "    shards: 2.5\n",
+        "shards",
+        'pipeline "p": shards must be a whole number from 1 to 16, got 2.5',
+    ),
+    (
+        "warehouse:\n  dsn: x\n  port: 5432\n" + SOURCE,
+        "port",
+        'unknown key "port" in warehouse (allowed: dsn)',
+    ),
+    (
+        "sources:\n  s:\n    write_key: 123\n",
+        "write_key",
+        'source "s": write_key must be a non-empty string',
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "needle", "reason"), DECLARED_ERRORS)
+def test_declared_errors(text: str, needle: str, reason: str) -> None:
+    assert error_of(text) == f"krenalis.yaml:{line_of(text, needle)}: {reason}"
+
+
 def test_empty_optional_blocks_mean_none() -> None:
     pipeline = parse(PIPELINE + "    filter:\n    consents:\n    batch:\n").pipelines["p"]
     assert (pipeline.filter, pipeline.consents, pipeline.batch_max_events) == (None, None, None)
@@ -443,12 +519,27 @@ def test_empty_file_is_an_error() -> None:
     assert error_of("- a\n") == "krenalis.yaml:1: the workspace file must be a mapping, got a list"
 
 
-
 def test_generate_write_key() -> None:
     keys = {generate_write_key() for _ in range(100)}
     assert len(keys) == 100
     alphabet = set(string.ascii_letters + string.digits)
     assert all(len(k) == 32 and set(k) <= alphabet for k in keys)
+
+
+def test_write_starter_workspace_creates_an_owner_only_file_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "krenalis.yaml"
+    write_starter_workspace(path, port=4321)
+    assert path.stat().st_mode & 0o777 == 0o600
+    printed = capsys.readouterr().err
+    key = re.search(r"Its write key is (\S+)", printed)[1]  # type: ignore[index]
+    assert "http://127.0.0.1:4321/v1/track" in printed
+    assert load_workspace(path, environ={}).source_by_write_key(key) is not None
+
+    path.write_text("kept\n")
+    write_starter_workspace(path)
+    assert path.read_text() == "kept\n" and capsys.readouterr().err == ""
 
 
 def test_starter_workspace_parses_with_the_generated_key() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from krenalis.sinks.base import DELIVERED, Rejected, Retry
-from krenalis.sinks.file import FileSink
+from krenalis.sinks.file import FileOptions, FileSink
 
 
 def event(n: int, received_at: str = "2026-11-26T05:29:02.123Z") -> dict:
@@ -137,3 +137,9 @@ async def test_empty_batch_touches_nothing(tmp_path: Path) -> None:
 def test_bad_prefix_fails_at_construction(tmp_path: Path, prefix: str) -> None:
     with pytest.raises(ValueError):
         FileSink(tmp_path, prefix=prefix)
+
+
+async def test_options_build_a_sink_writing_to_their_path(tmp_path: Path) -> None:
+    sink = FileOptions(path=str(tmp_path / "archive")).build()
+    assert await sink.write([event(1)]) == [DELIVERED]
+    assert len(read_lines(tmp_path / "archive" / "events-2026-11-26.ndjson")) == 1

@@ -14,7 +14,8 @@ import pytest
 
 from krenalis import __version__
 from krenalis.sinks.base import DELIVERED, Delivered, Rejected, Retry
-from krenalis.sinks.webhook import WebhookSink, classify, sign, verify_signature
+from krenalis.sinks.webhook import WebhookOptions, WebhookSink, classify, sign, verify_signature
+from krenalis.workspace.values import Duration
 from sinks.webhook_receiver import ReceivedRequest, Response, WebhookReceiver, unused_url
 
 SECRET = "whsec-test-0123456789"
@@ -46,7 +47,7 @@ async def make_sink() -> AsyncIterator:
     sinks: list[WebhookSink] = []
 
     def make(url: str, **options: object) -> WebhookSink:
-        sinks.append(WebhookSink(url, **options))  # type: ignore[arg-type]
+        sinks.append(WebhookSink(WebhookOptions(url=url, **options)))  # type: ignore[arg-type]
         return sinks[-1]
 
     yield make
@@ -128,7 +129,7 @@ async def test_redirects_are_not_followed(rx, make_sink) -> None:
 
 async def test_timeout_is_retried_quickly(rx, make_sink) -> None:
     rx.respond_with(Response(200, delay=10))
-    sink = make_sink(rx.url, timeout=0.3)
+    sink = make_sink(rx.url, timeout=Duration(0.3))
 
     started = time.monotonic()
     (outcome,) = await sink.write([event(1)])
@@ -214,6 +215,21 @@ async def test_a_users_events_are_sent_one_at_a_time_in_order(rx, make_sink) -> 
     assert rx.bodies == events
 
 
+async def test_events_are_grouped_by_user_key(rx, make_sink) -> None:
+    # A userId stands for the user when there is no anonymousId; no user at all: no order.
+    rx.respond_with(Response(200, delay=0.2))
+    by_user_id = [event(n) | {"anonymousId": None, "userId": "u-9"} for n in range(3)]
+    no_user = [event(n, f"nobody-{n}") | {"anonymousId": ""} for n in range(3)]
+
+    started = time.monotonic()
+    assert await make_sink(rx.url).write(by_user_id + no_user) == [DELIVERED] * 6
+
+    assert time.monotonic() - started >= 0.55  # the user's three, one after the other
+    assert rx.max_in_flight == 4  # the user's current one and the three without a user
+    sent = [body["messageId"] for body in rx.bodies if body.get("userId") == "u-9"]
+    assert sent == ["msg-user-a-0", "msg-user-a-1", "msg-user-a-2"]
+
+
 async def test_concurrency_limit_is_respected(rx, make_sink) -> None:
     rx.respond_with(Response(200, delay=0.3))
     events = [event(1, f"user-{n}") for n in range(12)]
@@ -260,13 +276,26 @@ async def test_healthcheck_raises_when_unreachable(make_sink) -> None:
 
 async def test_aclose_closes_only_its_own_client(rx) -> None:
     async with httpx.AsyncClient() as client:
-        shared = WebhookSink(rx.url, client=client)
+        shared = WebhookSink(WebhookOptions(url=rx.url), client=client)
         assert await shared.write([event(1)]) == [DELIVERED]
         await shared.aclose()
         assert not client.is_closed
-    own = WebhookSink(rx.url)
+    own = WebhookSink(WebhookOptions(url=rx.url))
     await own.aclose()
     assert own._client.is_closed
+
+
+def test_options_repr_masks_secrets() -> None:
+    options = WebhookOptions(
+        url="https://user:pw@example.com:8443/hook?token=zzz",
+        secret=SECRET,
+        headers={"Authorization": "Bearer t0k"},
+    )
+    shown = repr(options)
+    assert shown.startswith("WebhookOptions(url='https://example.com:8443/hook?***', secret='***'")
+    assert "{'Authorization': '***'}" in shown
+    for secret in (SECRET, "t0k", "zzz", "pw"):
+        assert secret not in shown
 
 
 @pytest.mark.parametrize(
@@ -280,8 +309,8 @@ async def test_aclose_closes_only_its_own_client(rx) -> None:
     ],
 )
 def test_bad_settings_fail_at_construction(url: str, options: dict) -> None:
-    with pytest.raises(ValueError):
-        WebhookSink(url, **options)
+    with pytest.raises(ValueError, match=next(iter(options), "url")):
+        WebhookOptions(url=url, **options)
 
 
 # --- classify ----------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ class WebhookReceiver:
         return [r.json for r in self.requests if r.method == "POST"]
 
     def respond_with(self, *responses: Responder) -> None:
-        """Replace the script: each item answers one request, the last one repeats."""
+        """Replace the script: each item answers one POST, the last one repeats (a HEAD, a
+        sink's health check, always gets 200)."""
         with self._lock:
             self._script = list(responses) or [200]
 
@@ -162,7 +163,10 @@ class WebhookReceiver:
             self.requests.append(request)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            responder = self._script[0] if len(self._script) == 1 else self._script.pop(0)
+            if request.method == "HEAD":  # a sink's health check: the script is for deliveries
+                responder = 200
+            else:
+                responder = self._script[0] if len(self._script) == 1 else self._script.pop(0)
         try:
             await self._answer(_resolve(responder, request), receive, send)
         finally:

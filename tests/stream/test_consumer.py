@@ -54,7 +54,7 @@ async def test_long_processing_with_heartbeats_is_delivered_once(nats_server):
         [delivery] = await fetch_all(consumer, 1)
         assert delivery.num_delivered == 1
         await asyncio.sleep(3.0)  # three AckWaits of "work"
-        info = await consumer.info()
+        info = await conn.js.consumer_info(STREAM, consumer.name)
         assert info.num_redelivered == 0 and info.num_ack_pending == 1
         assert await consumer.fetch(1, timeout=0.5) == []  # nothing redelivered meanwhile
         await delivery.ack()

@@ -15,10 +15,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,11 +27,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from krenalis import metrics
 from krenalis.collector.http import error_body, header, read_body, send_json
 from krenalis.errors import PublishError, RequestError
-from krenalis.events import EVENT_TYPES, decode_request, encode_event
+from krenalis.events import EVENT_TYPES, build_events, encode_event, parse_request
 from krenalis.pipelines.routing import Router
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.layout import subject
-from krenalis.stream.publisher import OutMessage, Publisher, message_id
+from krenalis.stream.publisher import OutMessage, Publisher, copy_for
 from krenalis.workspace.model import Source, Workspace
 
 __all__ = ["Collector"]
@@ -56,21 +55,14 @@ _BAD_AUTH = (
 class Collector:
     """The ASGI application. `set_workspace` swaps sources and routes live (reloads)."""
 
-    def __init__(
-        self,
-        conn: NatsConnection,
-        workspace: Workspace,
-        *,
-        metrics_enabled: bool = False,
-        publisher: Publisher | None = None,
-    ) -> None:
+    def __init__(self, conn: NatsConnection, workspace: Workspace) -> None:
         self.conn = conn
-        self.publisher = publisher or Publisher(
+        self.publisher = Publisher(
             conn.nc,
             alive=lambda: conn.down_for() < 1.0,
             atomic=conn.settings.nats_sync_interval == "always",
         )
-        self.metrics_enabled = metrics_enabled
+        self.settings = conn.settings
         self.set_workspace(workspace)
 
     def set_workspace(self, workspace: Workspace) -> None:
@@ -91,8 +83,8 @@ class Collector:
             await _empty(send, 204, origin + _CORS)
         elif path == "/health" and method in ("GET", "HEAD"):
             await self._health(send)
-        elif path == "/metrics" and self.metrics_enabled and method == "GET":
-            await _metrics(send)
+        elif path == "/metrics" and self.settings.metrics_enabled and method == "GET":
+            await _metrics(send, self.settings.metrics_dir)
         elif path in _TYPED or path in _GENERIC:
             await self._ingest(scope, receive, send, _TYPED.get(path), origin)
         else:
@@ -131,14 +123,16 @@ class Collector:
         source = self._source_from_header(scope)
         body = await read_body(scope, receive)
         received_at = datetime.now(UTC)
-        decoded = decode_request(
-            body,
-            event_type=_event_type(scope),
+        request = parse_request(body, event_type=_event_type(scope))
+        # Who sent it is settled before the work of validating every event.
+        source = source or self._source_from_body(request.write_key)
+        decoded = build_events(
+            request,
+            source_id=source.id,
             received_at=received_at,
             remote_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
             forwarded_for=header(scope, b"x-forwarded-for"),
         )
-        source = source or self._source_from_body(decoded.write_key)
         if not await self.conn.wait_usable():
             raise _unavailable("the event stream (NATS) is not reachable right now")
         stored = await self._publish(source, decoded.events)
@@ -177,17 +171,12 @@ class Collector:
         copies: list[OutMessage] = []
         per_pipeline: dict[str, int] = {}
         for event in events:
-            event["connectionId"] = source.id
             targets = self.router.route(source.id, event)
             if not targets:
                 continue
             data = encode_event(event)
             for pipeline, shard in targets:
-                copies.append(
-                    OutMessage(
-                        subject(pipeline, shard), data, message_id(event["messageId"], pipeline)
-                    )
-                )
+                copies.append(copy_for(pipeline, shard, data, event["messageId"]))
                 per_pipeline[pipeline] = per_pipeline.get(pipeline, 0) + 1
         if copies:
             try:
@@ -275,8 +264,8 @@ async def _empty(send: Callable, status: int, headers: list) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _metrics(send: Callable) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+async def _metrics(send: Callable, shared_dir: Path | None) -> None:
+    if shared_dir is not None:  # serve's processes write there; this one answers for all
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         data = generate_latest(registry)

@@ -8,11 +8,15 @@ from .decode import (
     MAX_BODY_BYTES,
     MAX_EVENT_BYTES,
     DecodedRequest,
+    ParsedRequest,
     Rejection,
+    build_events,
     decode_event,
     decode_request,
     encode_event,
+    parse_request,
 )
+from .users import user_key
 
 __all__ = [
     "EVENT_TYPES",
@@ -20,8 +24,12 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_EVENT_BYTES",
     "DecodedRequest",
+    "ParsedRequest",
     "Rejection",
+    "build_events",
     "decode_event",
     "decode_request",
     "encode_event",
+    "parse_request",
+    "user_key",
 ]

@@ -1,8 +1,9 @@
 """The event context: typed sections, consents, session, locale, and the batch default merge.
 
 Values are JSON values decoded by msgspec (dict, list, str, int, float, bool, None). Empty strings,
-zero numbers and false booleans inside sections are dropped, and so is a section left empty, as
-the original does. Unknown keys are skipped. Errors raise EventError with the original's wording.
+zero numbers and false booleans inside sections are dropped, and so is a section left empty:
+they carry nothing, and the warehouse stores NULL for them. Unknown keys are skipped. Errors
+raise EventError naming the property, as the client sees it in the answer's "rejected".
 """
 
 from __future__ import annotations

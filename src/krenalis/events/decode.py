@@ -1,7 +1,7 @@
 """Request decoding: from an HTTP body to validated, enriched events ready for the stream.
 
-Duplicate JSON keys: msgspec keeps the last value of a repeated key, and so do we. The original
-refuses them ("property '<n>' is specified multiple times"), but detecting them would need a
+Duplicate JSON keys: msgspec keeps the last value of a repeated key, and so do we. Refusing them
+("property '<n>' is specified multiple times", as Krenalis's Go implementation does) would need a
 token-level parser in Python on the hot path, which costs far more than the check is worth.
 """
 
@@ -26,10 +26,13 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_EVENT_BYTES",
     "DecodedRequest",
+    "ParsedRequest",
     "Rejection",
+    "build_events",
     "decode_event",
     "decode_request",
     "encode_event",
+    "parse_request",
 ]
 
 MAX_BODY_BYTES = 500 * 1024  # request body limit (after decompression), enforced by the collector
@@ -106,8 +109,8 @@ def _split(
 ) -> tuple[list, list[int] | None, _Envelope, str]:
     """The events of a body, their sizes (None when all are small), envelope, missing-type text."""
     if event_type is not None:
-        # A typed endpoint's body is one event; a non-object is rejected as an event, as in
-        # the original.
+        # A typed endpoint's body is one event; a non-object is rejected as that event (with a
+        # reason in "rejected"), not as a malformed request.
         envelope = _Envelope(parsed if type(parsed) is dict else {}, auth_only=True)
         return [parsed], _single_size(body), envelope, _SINGLE_TYPE_MISSING
     if type(parsed) is list:
@@ -208,17 +211,24 @@ def _check_count(count: int) -> None:
         raise RequestError("batch contains too many events")
 
 
-def decode_request(
-    body: bytes,
-    *,
-    event_type: str | None,
-    received_at: datetime,
-    remote_ip: str,
-    forwarded_for: str | None = None,
-    source_id: str = "",
-    fallback_to_request_ip: bool = True,
-) -> DecodedRequest:
-    """Decode a request body into valid events (wire form) and per-event rejections.
+@dataclass
+class ParsedRequest:
+    """A request body read as JSON, before its events are validated: enough to know who sent
+    it (the body's write key) before doing the work of checking every event."""
+
+    event_type: str | None
+    items: list
+    sizes: list[int] | None  # byte size of each item; None when none can be too large
+    envelope: _Envelope
+    missing_type_error: str
+
+    @property
+    def write_key(self) -> str | None:
+        return self.envelope.write_key
+
+
+def parse_request(body: bytes, *, event_type: str | None) -> ParsedRequest:
+    """Read a request body as JSON and split it into its events and envelope.
 
     event_type is the type of a typed endpoint (/v1/track, ...), whose body is one event; None
     for the generic endpoint, which takes a JSON array, a {"batch": [...]} envelope or a single
@@ -230,28 +240,60 @@ def decode_request(
         raise RequestError("request's body is empty")
     if len(body) > MAX_BODY_BYTES:
         raise RequestError("Request Entity Too Large", status=413, code="PayloadTooLarge")
-    address = client_address(remote_ip, forwarded_for)
-    received_at = to_utc(received_at)
-    parsed = _parse_json(body)
+    items, sizes, envelope, missing_type = _split(_parse_json(body), body, event_type)
+    return ParsedRequest(event_type, items, sizes, envelope, missing_type)
 
-    items, sizes, envelope, missing_type = _split(parsed, body, event_type)
-    sent_at = envelope.sent_at or received_at
+
+def build_events(
+    request: ParsedRequest,
+    *,
+    source_id: str,
+    received_at: datetime,
+    remote_ip: str,
+    forwarded_for: str | None = None,
+    fallback_to_request_ip: bool = True,
+) -> DecodedRequest:
+    """Validate and enrich the events of a parsed request into their final wire form, as sent
+    by the source `source_id` (their connectionId); invalid ones are listed as rejections."""
+    received_at = to_utc(received_at)
+    envelope = request.envelope
     state = RequestState(
         connection_id=source_id,
-        default_type=event_type,
-        missing_type_error=missing_type,
+        default_type=request.event_type,
+        missing_type_error=request.missing_type_error,
         received_at=received_at,
-        sent_at=sent_at,
+        sent_at=envelope.sent_at or received_at,
         default_context=envelope.context,
-        address=address,
+        address=client_address(remote_ip, forwarded_for),
         fallback_to_request_ip=fallback_to_request_ip,
     )
-    events, rejected = _build_events(items, sizes, state)
+    events, rejected = _build_events(request.items, request.sizes, state)
     return DecodedRequest(
         events=events,
         rejected=rejected,
         write_key=envelope.write_key,
         connection_id=envelope.connection_id,
+    )
+
+
+def decode_request(
+    body: bytes,
+    *,
+    event_type: str | None,
+    received_at: datetime,
+    remote_ip: str,
+    forwarded_for: str | None = None,
+    source_id: str = "",
+    fallback_to_request_ip: bool = True,
+) -> DecodedRequest:
+    """parse_request, then build_events: a body straight to its valid events and rejections."""
+    return build_events(
+        parse_request(body, event_type=event_type),
+        source_id=source_id,
+        received_at=received_at,
+        remote_ip=remote_ip,
+        forwarded_for=forwarded_for,
+        fallback_to_request_ip=fallback_to_request_ip,
     )
 
 

@@ -23,7 +23,7 @@ _addresses: dict[tuple[str, str | None], ClientAddress] = {}
 
 def _parse(value: str) -> _IPAddress | None:
     """Parse an address; zoned IPv6 is refused and IPv4-mapped IPv6 is unmapped."""
-    if "%" in value:  # Python accepts IPv6 scope ids; the original refuses them
+    if "%" in value:  # a scope id names an interface of the client's own host: meaningless here
         return None
     try:
         address = ipaddress.ip_address(value)

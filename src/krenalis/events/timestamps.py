@@ -12,13 +12,13 @@ _fromisoformat = datetime.fromisoformat
 def parse_timestamp(value: str, name: str) -> datetime:
     """Parse an ISO 8601 string into an aware UTC datetime.
 
-    Raises ValueError with the original's wording, naming the property. A value without an offset
-    is taken as UTC, as the original's ISO 8601 parser does.
+    Raises ValueError naming the property. A value without an offset is taken as UTC: that is
+    what SDKs that omit it mean.
     """
     try:
         parsed = _fromisoformat(value)
     except ValueError:
-        # Python refuses year 0 while parsing; the original parses it and then rejects the year.
+        # Python refuses year 0 while parsing: say what is wrong with it rather than "invalid".
         if value[:4] == "0000":
             raise ValueError(f"property '{name}' has an invalid year value") from None
         raise ValueError(f"property '{name}' is not a valid ISO 8601 timestamp") from None

@@ -49,7 +49,7 @@ _BROWSER_TOKENS = (
     ("EdgA/", "Edge", None),
     ("EdgiOS/", "Edge", None),
     ("Edge/", "Edge", None),
-    ("Trident/", "Edge", "rv:"),  # Internet Explorer is reported as Edge, as the original does
+    ("Trident/", "Edge", "rv:"),  # Internet Explorer is reported as Edge, its successor
     ("MSIE ", "Edge", None),
     ("FxiOS/", "Firefox", None),
     ("Firefox/", "Firefox", None),
@@ -59,7 +59,7 @@ _BROWSER_TOKENS = (
 )
 
 _VERSION_CHARS = frozenset("0123456789._")
-_MAX_LENGTH = 25  # longer versions are dropped, as in the original
+_MAX_LENGTH = 25  # a longer "version" is noise from a forged or broken user agent: dropped
 _CACHE_SIZE = 1024
 _cache: dict[str, tuple[dict, dict]] = {}
 

@@ -1,4 +1,4 @@
-"""What the operator commands share: the expected-failure error, finding NATS, connecting."""
+"""What the operator commands share: finding NATS, connecting, quiet logs, small formatters."""
 
 from __future__ import annotations
 

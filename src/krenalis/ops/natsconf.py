@@ -9,7 +9,8 @@ Durability (the `sync_interval` default): by default NATS acknowledges a JetStre
 is handed to the OS and fsyncs only every 2 minutes. Jepsen (NATS 2.12.1, 2025-12) showed that
 acknowledged writes are then lost on power failure / OS crash. Our invariant is "no acknowledged
 event is lost", so a single node defaults to `sync_interval: always` (fsync before the ack).
-It costs throughput: about 7k msgs/s instead of about 45k with nats-py on our reference machine.
+It costs throughput: about 7k msgs/s instead of about 45k with nats-py on a 2-core VM
+(bench/RESULTS.md).
 A replicated cluster (R3 on separate disks) keeps each acknowledged write on a quorum of nodes,
 so one node losing its page cache loses nothing; there the NATS default is allowed, and the
 operator can still choose `always` (e.g. when all nodes share one power supply).

@@ -20,9 +20,9 @@ from rich.table import Table
 
 from krenalis import __version__
 from krenalis.config import Settings
-from krenalis.errors import CommandError
+from krenalis.errors import CommandError, WorkspaceError
 from krenalis.events import EVENT_TYPES
-from krenalis.workspace.model import WorkspaceError, load_workspace
+from krenalis.workspace.load import load_workspace
 
 __all__ = ["send", "sample_events"]
 

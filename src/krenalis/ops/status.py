@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from krenalis.config import Settings
-from krenalis.errors import CommandError
+from krenalis.errors import CommandError, WorkspaceError
 from krenalis.ops._common import (
     connected,
     dead_letter_counts,
@@ -34,7 +34,8 @@ from krenalis.ops._common import (
     storage_of,
 )
 from krenalis.stream.layout import STREAM, consumer_name, list_pipeline_consumers
-from krenalis.workspace.model import Workspace, WorkspaceError, load_workspace
+from krenalis.workspace.load import load_workspace
+from krenalis.workspace.model import Workspace
 
 __all__ = ["collect", "status", "watch"]
 

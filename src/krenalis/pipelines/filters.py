@@ -6,12 +6,13 @@ groups. A condition reads a dotted ``field`` path of the event (``type``, ``prop
 operator. Every condition is compiled into a closure when it is built, so evaluating a filter
 is a few function calls and never raises, whatever the event holds.
 
-Comparisons are typed, as in the original. The condition's value decides the kind:
+Comparisons are typed (as in Krenalis's Go implementation, github.com/krenalis/krenalis, so a
+filter means the same on either). The condition's value decides the kind:
 
 - a number compares numerically with a number field, or with a string field written as a JSON
   number (``"12.5"``). Numbers are Python ints (exact) and floats (IEEE doubles, which is what
-  the JSON decoder produces for the event too); the original uses decimals, which differ only
-  past ~15 significant digits;
+  the JSON decoder produces for the event too); the Go implementation uses decimals, which
+  differ only past ~15 significant digits;
 - a string compares as a string (lexicographically for ordering operators) with a string field,
   and numerically with a number field when the string is a JSON number;
 - a boolean equals only a boolean; a datetime (a YAML timestamp or date) compares with string
@@ -19,7 +20,7 @@ Comparisons are typed, as in the original. The condition's value decides the kin
   datetimes, so their value may also be an ISO string. Naive datetimes are taken as UTC;
 - anything else (a list against ``is``, a bool against ``greater_than``...) does not match.
 
-The negated operators are exact negations (as in the original), so they hold when the field is
+The negated operators are exact negations, so they hold when the field is
 missing or of another type:
 
 =========================================================  ===============  =============
@@ -79,7 +80,7 @@ __all__ = [
 
 Event = dict[str, Any]
 
-#: Top-level properties of an event (the original's schema); a field path starts with one.
+#: Top-level properties of an event (the wire form's, plus kpid); a field path starts with one.
 EVENT_FIELDS = frozenset(
     {
         "anonymousId", "category", "channel", "connectionId", "context", "event", "groupId",
@@ -88,7 +89,7 @@ EVENT_FIELDS = frozenset(
     }
 )  # fmt: skip
 
-#: At most this many consent purposes per rule (the original's MaxRequiredConsentPurposes).
+#: At most this many consent purposes per rule (the Go implementation's limit too).
 MAX_CONSENT_PURPOSES = 100
 
 
@@ -345,8 +346,8 @@ class ConsentRule:
 def consents_satisfied(rule: ConsentRule | None, event: Event) -> bool:
     """Whether ``event`` grants the consents of ``rule`` (no rule, or no purposes: always).
 
-    As in the original: ``context.consents`` must be present and a purpose counts as granted
-    only when its value is exactly ``true``.
+    ``context.consents`` must be present, and a purpose counts as granted only when its value
+    is exactly ``true``: a consent is never assumed.
     """
     if rule is None or not rule.purposes:
         return True

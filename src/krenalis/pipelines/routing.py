@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from krenalis.events.users import user_key
 from krenalis.pipelines.filters import ConsentRule, Filter, consents_satisfied
 
 if TYPE_CHECKING:  # routing only reads a workspace: no import cycle at run time
@@ -26,16 +27,17 @@ _FNV_PRIME = 0x01000193
 
 
 def fnv1a_32(data: bytes) -> int:
-    """FNV-1a, 32 bits: the original's shard hash, so shards match across implementations."""
+    """FNV-1a, 32 bits: the shard hash of Krenalis's Go implementation, so a user's events go
+    to the same shard whichever implementation routes them."""
     h = _FNV_OFFSET
     for byte in data:
         h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
     return h
 
 
-def shard_of(anonymous_id: str, shards: int) -> int:
-    """The shard of a user: FNV-1a of its anonymousId (UTF-8) modulo the shard count."""
-    return 0 if shards == 1 else _hash_of(anonymous_id) % shards
+def shard_of(user: str, shards: int) -> int:
+    """The shard of a user: FNV-1a of its user key (UTF-8) modulo the shard count."""
+    return 0 if shards == 1 else _hash_of(user) % shards
 
 
 def _admission(flt: Filter | None, rule: ConsentRule | None) -> _Admit | None:
@@ -70,7 +72,7 @@ class Router:
         if not routes:
             return []
         targets: list[tuple[str, int]] = []
-        hashed = -1  # the anonymousId's hash, computed at most once, only if a pipeline shards
+        hashed = -1  # the user key's hash, computed at most once, only if a pipeline shards
         for pipeline_id, shards, admit in routes:
             if admit is not None and not admit(event):
                 self.filtered[pipeline_id] += 1
@@ -89,13 +91,11 @@ def _route(pipeline: Pipeline) -> tuple[str, int, _Admit | None]:
 
 
 @lru_cache(maxsize=16_384)
-def _hash_of(anonymous_id: str) -> int:
+def _hash_of(user: str) -> int:
     # Pure-Python FNV costs ~4 us for a UUID; one user's events tend to come together (batches,
     # sessions), so a small cache saves most of it.
-    return fnv1a_32(anonymous_id.encode("utf-8", "surrogatepass"))
+    return fnv1a_32(user.encode("utf-8", "surrogatepass"))
 
 
 def _hash_of_event(event: Event) -> int:
-    anonymous_id = event.get("anonymousId")
-    # Always a string after decoding; anything else hashes as the empty id rather than failing.
-    return _hash_of(anonymous_id) if isinstance(anonymous_id, str) else _FNV_OFFSET
+    return _hash_of(user_key(event))

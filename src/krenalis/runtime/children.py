@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from krenalis.backoff import Backoff
+from krenalis.config import CHILD_MARKER
 from krenalis.runtime.processes import stop_leftover
 
 __all__ = ["Child"]
@@ -41,12 +42,12 @@ class Child:
         self.task = asyncio.create_task(self._supervise(), name=f"child-{self.command}")
 
     def _marker(self) -> bytes:
-        return f"KRENALIS_CHILD={self.pid_path}".encode()
+        return f"{CHILD_MARKER}={self.pid_path}".encode()
 
     def _spawn(self) -> None:
         # The marker in the environment lets a later run recognise this process as ours.
         argv = [sys.executable, "-m", "krenalis.cli", self.command]
-        env = {**self.env, "KRENALIS_CHILD": str(self.pid_path)}
+        env = {**self.env, CHILD_MARKER: str(self.pid_path)}
         self.process = subprocess.Popen(argv, env=env)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.write_text(str(self.process.pid))

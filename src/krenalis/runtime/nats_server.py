@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from krenalis.errors import NatsServerError, NatsServerNotFound
-from krenalis.runtime.processes import free_port, stop_leftover
+from krenalis.runtime.processes import free_port, port_is_free, stop_leftover
 
 __all__ = ["EmbeddedNats", "nats_server_path", "nats_server_version", "quote"]
 
@@ -33,7 +33,6 @@ log = logging.getLogger("krenalis.stream")
 
 _EXE = "nats-server.exe" if os.name == "nt" else "nats-server"
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
-
 
 
 def _from_wheel_record() -> Path | None:
@@ -107,11 +106,7 @@ def _saved_port(path: Path) -> int | None:
     """The port written by the last run, if it can be bound again."""
     with contextlib.suppress(OSError, ValueError):
         port = int(path.read_text())
-        with socket.socket() as s:
-            # As nats-server binds: the last run's connections in TIME_WAIT do not hold the port.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-        return port
+        return port if port_is_free("127.0.0.1", port) else None
     return None
 
 
@@ -227,8 +222,7 @@ class EmbeddedNats:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise NatsServerError(
-                    f"nats-server exited with code {self.process.returncode}: "
-                    f"{self._log_tail()}"
+                    f"nats-server exited with code {self.process.returncode}: {self._log_tail()}"
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:

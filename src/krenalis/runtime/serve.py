@@ -1,7 +1,8 @@
 """`krenalis serve`, `krenalis collector` and `krenalis worker`: the long-running processes.
 
-`serve` runs everything in one process: the collector (plus KRENALIS_HTTP_WORKERS - 1 collector
-child processes sharing the port) and one worker per enabled pipeline shard. Without
+`serve` runs everything: the collector in its own process (plus KRENALIS_HTTP_WORKERS - 1
+collector children sharing the port) and one worker per enabled pipeline shard in a child
+`krenalis worker` process, so that each gets a core. It owns the stream layout. Without
 KRENALIS_NATS_URL it starts the bundled nats-server; without a warehouse in the workspace file
 it starts an embedded PostgreSQL; both live in KRENALIS_DATA_DIR and stop with it.
 SIGHUP reloads the workspace file; SIGINT/SIGTERM stop gracefully.
@@ -10,7 +11,6 @@ SIGHUP reloads the workspace file; SIGINT/SIGTERM stop gracefully.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -18,31 +18,18 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-
-from krenalis.backoff import Backoff
 from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
+from krenalis.errors import WorkspaceError
 from krenalis.runtime.children import Child
 from krenalis.runtime.stream import StreamRuntime
 from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
-from krenalis.stream.layout import (
-    STREAM,
-    ensure_consumer,
-    ensure_streams,
-    list_pipeline_consumers,
-    remove_pipeline,
-)
+from krenalis.stream.layout import ensure_pipelines, remove_pipelines_except, restore_if_lost
 from krenalis.worker.pool import Workers
-from krenalis.workspace.model import (
-    Workspace,
-    WorkspaceError,
-    generate_write_key,
-    load_workspace,
-    starter_workspace_text,
-)
+from krenalis.workspace.load import load_workspace
+from krenalis.workspace.model import Workspace
+from krenalis.workspace.starter import write_starter_workspace
 
 __all__ = ["init_warehouse", "run_collector", "run_worker", "serve"]
 
@@ -81,38 +68,17 @@ async def run_worker(settings: Settings, pipelines: set[str]) -> int:
 
 async def init_warehouse(settings: Settings) -> int:
     """`krenalis init-db`: create the tables in the configured (or embedded) warehouse."""
-    try:
-        workspace = _load(settings)
-    except WorkspaceError as exc:
-        print(f"krenalis: {exc}", file=sys.stderr)
-        return 2
+    workspace = _load(settings)
     if workspace.warehouse is not None:
         await init_db(workspace.warehouse.dsn)
         print("Warehouse tables are ready.", file=sys.stderr)
         return 0
     with EmbeddedPostgres(settings.data_dir / "postgres") as postgres:
         await init_db(postgres.dsn)
-    print(f"Embedded warehouse tables are ready in {settings.data_dir / 'postgres'}.", file=sys.stderr)
-    return 0
-
-
-def write_starter_workspace(path: Path, port: int = 2022) -> None:
-    """First run: write a workspace with a fresh write key and show how to send an event."""
-    if path.exists():
-        return
-    key = generate_write_key()
-    path.write_text(starter_workspace_text(key))
-    os.chmod(path, 0o600)  # it holds a write key
     print(
-        f"Created {path} with a source \"website\" and a pipeline to the warehouse.\n"
-        f"Its write key is {key}\n"
-        "Send an event once Krenalis is ready:\n"
-        f"  curl -u '{key}:' -H 'Content-Type: application/json' \\\n"
-        "    -d '{\"type\":\"track\",\"event\":\"Hello\",\"userId\":\"u1\"}' "
-        f"http://127.0.0.1:{port}/v1/track\n",
-        file=sys.stderr,
-        flush=True,
+        f"Embedded warehouse tables are ready in {settings.data_dir / 'postgres'}.", file=sys.stderr
     )
+    return 0
 
 
 def _load(settings: Settings) -> Workspace:
@@ -120,15 +86,11 @@ def _load(settings: Settings) -> Workspace:
 
 
 async def _run(settings: Settings, roles: Roles, name: str) -> int:
-    try:
-        workspace = _load(settings)
-    except WorkspaceError as exc:
-        print(f"krenalis: {exc}", file=sys.stderr)
-        return 2
+    workspace = _load(settings)
     process = _Process(settings, roles, name)
     try:
         await process.start(workspace)
-        if "KRENALIS_CHILD" in os.environ:
+        if settings.child:
             log.info("Child process ready.", extra={"role": name})
         else:
             log.info("Krenalis is ready; press Ctrl+C to stop.", extra={"role": name})
@@ -159,7 +121,7 @@ class _Process:
         self.workspace = workspace
         if self.roles.manage_layout:
             await self._ensure_consumers(workspace)
-            await self._remove_stale_consumers(workspace)
+            await remove_pipelines_except(conn.js, workspace.pipelines)
             conn.on_reconnect(self._restore_layout)
         if self.roles.worker_process:
             dsn = await self._warehouse(workspace, always=True)
@@ -169,7 +131,7 @@ class _Process:
             self.workers = Workers(
                 conn.js, ack_wait=self.settings.nats_ack_wait, warehouse_dsn=dsn,
                 only=self.roles.only_pipelines or None,
-                create_consumers="KRENALIS_CHILD" not in os.environ,
+                create_consumers=not self.settings.child,
             )  # fmt: skip
             await self.workers.apply(workspace)
         if self.roles.collector:
@@ -198,19 +160,10 @@ class _Process:
     async def _ensure_consumers(self, workspace: Workspace) -> None:
         """A consumer for every pipeline shard of the file (disabled ones keep theirs)."""
         js = self.runtime.conn.js  # type: ignore[union-attr]
-        for pipeline in workspace.pipelines.values():
-            for shard in range(pipeline.shards):
-                await ensure_consumer(js, pipeline.id, shard, self.settings.nats_ack_wait)
-
-    async def _remove_stale_consumers(self, workspace: Workspace) -> None:
-        """Pipelines gone from the file lose their consumers and pending events."""
-        js = self.runtime.conn.js  # type: ignore[union-attr]
-        for pipeline_id in await list_pipeline_consumers(js):
-            if pipeline_id not in workspace.pipelines:
-                await remove_pipeline(js, pipeline_id)
+        await ensure_pipelines(js, _shards(workspace), self.settings.nats_ack_wait)
 
     async def _start_collector(self, conn, workspace: Workspace) -> None:
-        self.collector = Collector(conn, workspace, metrics_enabled=self.settings.metrics_enabled)
+        self.collector = Collector(conn, workspace)
         sock = listening_socket(self.settings.http_host, self.settings.http_port)
         self.http = HTTPServer(self.collector, sock)
         await self.http.start()
@@ -220,6 +173,7 @@ class _Process:
 
     def _start_child(self, command: str, **env: str) -> None:
         number = sum(c.command == command for c in self.children)
+        # The whole environment, not only the settings: a child also needs PATH, HOME...
         child_env = {**os.environ, "KRENALIS_NATS_URL": ",".join(self.settings.nats_urls), **env}
         pid_path = self.settings.data_dir / "run" / f"{command}-{number}.pid"
         child = Child(command, child_env, pid_path)
@@ -249,17 +203,10 @@ class _Process:
 
     async def _restore_layout(self) -> None:
         """After a reconnection: a server that came back without EVENTS (memory storage, or a
-        stream deleted by hand) gets it and the consumers back. Otherwise nothing changes."""
-        js = self.runtime.conn.js  # type: ignore[union-attr]
-        if not await _stream_missing(js):
-            return
+        stream deleted by hand) gets it and the consumers back."""
         async with self.reloading:
-            await ensure_streams(js, self.settings)
-            await self._ensure_consumers(self.workspace)
-        log.warning(
-            "Restored the stream layout after a reconnection: the NATS server had lost it.",
-            extra={"stream": STREAM, "pipelines": len(self.workspace.pipelines)},
-        )
+            js = self.runtime.conn.js  # type: ignore[union-attr]
+            await restore_if_lost(js, self.settings, _shards(self.workspace))
 
     async def _apply(self, workspace: Workspace) -> None:
         self.workspace = workspace
@@ -277,7 +224,7 @@ class _Process:
             # Requests routed with the old workspace, and child collectors still reloading,
             # may publish to a removed pipeline for a moment: let them finish first.
             await asyncio.sleep(RELOAD_GRACE)
-            await self._remove_stale_consumers(workspace)
+            await remove_pipelines_except(self.runtime.conn.js, workspace.pipelines)  # type: ignore[union-attr]
         log.info("Workspace reloaded.", extra={"pipelines": len(workspace.enabled_pipelines())})
 
     async def _watch_workspace(self) -> None:
@@ -306,26 +253,14 @@ class _Process:
             await asyncio.to_thread(self.postgres.stop)
 
 
-async def _stream_missing(js: JetStreamContext, patience: float = 60.0) -> bool:
-    """Whether EVENTS is gone, once JetStream answers (it may still be starting); False if it
-    does not answer within `patience` (the next reconnection asks again)."""
-    backoff = Backoff(base=0.2, cap=5.0)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(patience):
-            while True:
-                try:
-                    await js.stream_info(STREAM)
-                    return False
-                except NotFoundError:
-                    return True
-                except Exception:  # not ready yet, or down again
-                    await backoff.wait()
-    return False
-
-
 def _file_stamp(path: Path) -> tuple[float, int] | None:
     try:
         stat = path.stat()
     except OSError:
         return None
     return (stat.st_mtime, stat.st_size)
+
+
+def _shards(workspace: Workspace) -> dict[str, int]:
+    """Pipeline id -> shard count, for every pipeline (disabled ones keep their consumers)."""
+    return {p.id: p.shards for p in workspace.pipelines.values()}

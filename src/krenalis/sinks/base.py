@@ -8,14 +8,33 @@ knows nothing about NATS.
 - ``Retry``: a transient failure (connection lost, timeout, 408/429/5xx) -> try again later,
   after ``after`` seconds if the sink knows (``Retry-After``), else the worker's backoff.
 - ``Rejected``: a permanent failure (constraint violation, other 4xx) -> dead letter.
+
+Each sink declares its options beside it, as a :class:`SinkOptions` subclass tagged with the
+destination ``type`` it serves, and lists it in :data:`krenalis.sinks.registry.SINKS`; the
+workspace file is checked against those declarations.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Protocol
 
-__all__ = ["Delivered", "Event", "Outcome", "Rejected", "Retry", "Sink", "DELIVERED"]
+import msgspec
+from msgspec import inspect as mi
+
+from krenalis.workspace.values import Duration, dec_hook, describe, is_secret, redacted
+
+__all__ = [
+    "DELIVERED",
+    "Delivered",
+    "Event",
+    "Outcome",
+    "Rejected",
+    "Retry",
+    "Sink",
+    "SinkOptions",
+]
 
 Event = dict[str, Any]
 
@@ -62,3 +81,53 @@ class Sink(Protocol):
     async def aclose(self) -> None:
         """Release connections and files."""
         ...
+
+
+class SinkOptions(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"
+):
+    """What every destination has, whatever its ``type``.
+
+    A sink subclasses it with ``tag="<type>"``, declares its own options as fields (bounds as
+    ``Annotated[..., msgspec.Meta(...)]``, checked values as types of
+    :mod:`krenalis.workspace.values`) and implements :meth:`build`. ``retry_window`` (seconds)
+    is None when the file leaves it to the pipeline or the default.
+    """
+
+    retry_window: Duration | None = None
+
+    @property
+    def type(self) -> str:
+        """The destination type: the class's tag."""
+        return str(self.__struct_config__.tag)
+
+    def __post_init__(self) -> None:
+        # Options made in Python skip the workspace loader: hold them to the same declaration
+        # (for the loader's options this finds nothing, every field being checked already).
+        for field in msgspec.structs.fields(self):
+            value = getattr(self, field.name)
+            try:
+                msgspec.convert(value, field.type, dec_hook=dec_hook)
+            except msgspec.ValidationError:
+                declared = _field_types(type(self))[field.name]
+                got = "" if is_secret(declared) else f", got {value!r}"
+                raise ValueError(f"{field.name} must be {describe(declared)}{got}") from None
+
+    def build(self) -> Sink:
+        """A new sink delivering to this destination."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        # Secrets (webhook secrets, header values, URLs with tokens) never reach a log line.
+        fields = _field_types(type(self))
+        shown = ", ".join(
+            f"{name}={redacted(t, getattr(self, name))!r}" for name, t in fields.items()
+        )
+        return f"{type(self).__name__}({shown})"
+
+
+@cache
+def _field_types(cls: type[SinkOptions]) -> dict[str, mi.Type]:
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return {field.name: field.type for field in info.fields}

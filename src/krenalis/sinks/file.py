@@ -22,11 +22,21 @@ import tempfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from krenalis.sinks.base import DELIVERED, Delivered, Event, Outcome, Rejected, Retry
+from krenalis.sinks.base import DELIVERED, Delivered, Event, Outcome, Rejected, Retry, SinkOptions
+from krenalis.workspace.values import NonEmptyStr
 
-__all__ = ["FileSink"]
+__all__ = ["FileOptions", "FileSink"]
 
 logger = logging.getLogger("krenalis.sinks.file")
+
+
+class FileOptions(SinkOptions, tag="file"):
+    """A ``type: file`` destination: daily NDJSON files in the directory ``path``."""
+
+    path: NonEmptyStr
+
+    def build(self) -> FileSink:
+        return FileSink(self.path)
 
 
 class FileSink:

@@ -15,7 +15,7 @@ Every request is a JSON ``POST`` with these headers:
 Responses map to the three outcomes of ``krenalis.sinks.base`` (see ``classify``). Redirects are
 not followed: a 3xx means the endpoint is misconfigured, which retrying does not fix.
 
-Within one ``write()`` call the events of one user (``anonymousId``, else ``userId``) are sent
+Within one ``write()`` call the events of one user (``krenalis.events.users.user_key``) are sent
 one after the other; once one of them is not delivered, the user's later events are not sent
 (they get ``Retry``), so a receiver never sees a user's events out of order. Different users are
 sent concurrently, at most ``max_concurrency`` requests at a time.
@@ -31,14 +31,24 @@ import logging
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import msgspec
 
 from krenalis import __version__
-from krenalis.sinks.base import DELIVERED, Delivered, Event, Outcome, Rejected, Retry
+from krenalis.events.users import user_key
+from krenalis.sinks.base import DELIVERED, Delivered, Event, Outcome, Rejected, Retry, SinkOptions
+from krenalis.workspace.values import Duration, Headers, HttpUrl, SecretStr
 
-__all__ = ["SIGNATURE_HEADER", "WebhookSink", "classify", "sign", "verify_signature"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "WebhookOptions",
+    "WebhookSink",
+    "classify",
+    "sign",
+    "verify_signature",
+]
 
 logger = logging.getLogger("krenalis.sinks.webhook")
 
@@ -136,51 +146,51 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 # --- The sink ---------------------------------------------------------------------------------
 
 
-class WebhookSink:
-    """POST events as JSON to ``url``.
+class WebhookOptions(SinkOptions, tag="webhook"):
+    """A ``type: webhook`` destination.
 
-    :param url: the http(s) endpoint; it may carry a query string (never logged).
-    :param secret: when set, every request carries ``X-Krenalis-Signature``.
-    :param batch: send each ``write()`` as one ``{"batch": [...]}`` request instead of one
-        request per event; the response then applies to every event in it.
-    :param timeout: seconds allowed for each of connect, write, read and pool waits.
-    :param max_concurrency: requests in flight at most, for this sink.
-    :param rate_limit: requests per second at most (bursts up to one second's worth).
-    :param headers: extra headers for every request (for example an ``Authorization``).
+    ``url``: the http(s) endpoint; it may carry a query string (never logged). ``secret``:
+    when set, every request carries ``X-Krenalis-Signature``. ``headers``: extra headers for
+    every request (for example an ``Authorization``). ``batch``: send each ``write()`` as one
+    ``{"batch": [...]}`` request instead of one request per event; the response then applies to
+    every event in it. ``timeout``: seconds allowed for each of connect, write, read and pool
+    waits. ``max_concurrency``: requests in flight at most, for this sink. ``rate_limit``:
+    requests per second at most (bursts up to one second's worth), None for no limit.
+    """
+
+    url: HttpUrl
+    secret: SecretStr | None = None
+    headers: Headers = msgspec.field(default_factory=Headers)
+    batch: bool = False
+    timeout: Duration = Duration(10.0)
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
+    rate_limit: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+    def build(self) -> WebhookSink:
+        return WebhookSink(self)
+
+
+class WebhookSink:
+    """POST events as JSON to ``options.url`` (see :class:`WebhookOptions`).
+
     :param client: an ``httpx.AsyncClient`` to share; the sink then does not close it.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        secret: str | None = None,
-        batch: bool = False,
-        timeout: float = 10.0,
-        max_concurrency: int = 8,
-        rate_limit: float | None = None,
-        headers: dict[str, str] | None = None,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._url = _validated_url(url)
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
-        if rate_limit is not None and rate_limit <= 0:
-            raise ValueError(f"rate_limit must be > 0 requests/s or None, got {rate_limit!r}")
-        self._secret = secret
-        self._batch = batch
-        self._headers = {**(headers or {}), "Content-Type": "application/json"}
+    def __init__(self, options: WebhookOptions, *, client: httpx.AsyncClient | None = None) -> None:
+        self._url = httpx.URL(options.url)
+        self._secret = options.secret
+        self._batch = options.batch
+        self._headers = {**options.headers, "Content-Type": "application/json"}
         self._headers["User-Agent"] = USER_AGENT
         self._target = _target(self._url)
-        self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._limiter = _TokenBucket(rate_limit) if rate_limit else None
+        self._semaphore = asyncio.Semaphore(options.max_concurrency)
+        self._limiter = _TokenBucket(options.rate_limit) if options.rate_limit else None
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
+            timeout=httpx.Timeout(options.timeout),
             limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+                max_connections=options.max_concurrency,
+                max_keepalive_connections=options.max_concurrency,
             ),
             follow_redirects=False,
         )
@@ -310,15 +320,6 @@ class _TokenBucket:
 # --- Helpers ----------------------------------------------------------------------------------
 
 
-def _validated_url(url: str) -> httpx.URL:
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise ValueError(f"webhook url is not a valid URL: {exc}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError("webhook url must be an absolute http:// or https:// URL")
-    return parsed
-
 
 def _target(url: httpx.URL) -> str:
     """Name the endpoint in logs and reasons: host, port and path, never query or userinfo."""
@@ -339,14 +340,7 @@ def _group_by_user(events: list[Event]) -> dict[object, list[int]]:
     """Indexes of the events of each user, in batch order; events without a user stand alone."""
     groups: dict[object, list[int]] = {}
     for i, event in enumerate(events):
-        key: object
-        if event.get("anonymousId"):
-            key = ("anonymousId", event["anonymousId"])
-        elif event.get("userId"):
-            key = ("userId", event["userId"])
-        else:
-            key = i
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(user_key(event) or i, []).append(i)
     return groups
 
 

@@ -1,7 +1,7 @@
 """The NATS connection: connect, authenticate, reconnect forever, and know whether the stream is usable.
 
-Like the original, a process keeps one connection and retries for ever when servers are
-unreachable. Unlike nats-py's defaults, wrong credentials fail the first connect at once with a
+A process keeps one connection and retries for ever when servers are unreachable: an outage
+of NATS must not need a restart of every collector and worker. Unlike nats-py's defaults, wrong credentials fail the first connect at once with a
 clear message instead of a two-minute retry budget ending in "no servers available".
 """
 
@@ -31,6 +31,8 @@ __all__ = [
 
 log = logging.getLogger("krenalis.stream")
 
+#: The oldest nats-server the event stream works with: 2.12 brought atomic batch publish
+#: (ADR-50), which a request's copies use, and is what Krenalis's setup guide requires.
 MIN_SERVER_VERSION = (2, 12, 0)
 #: How long ingestion waits for a dropped connection to come back before answering 503.
 UP_GRACE_SECONDS = 0.2
@@ -63,7 +65,7 @@ def _redact(servers: Sequence[str]) -> str:
 
 
 def check_server_version(found: tuple[int, int, int], servers: str) -> None:
-    """Raise ServerTooOldError for a server older than 2.12 (the seed page's requirement)."""
+    """Raise ServerTooOldError for a server older than MIN_SERVER_VERSION."""
     if found < MIN_SERVER_VERSION:
         raise ServerTooOldError(
             f"NATS server {'.'.join(map(str, found))} at {servers} is too old: "

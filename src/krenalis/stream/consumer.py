@@ -1,7 +1,7 @@
 """Consuming one pipeline shard: fetch in batches, keep fetched messages alive, settle each once.
 
 Every fetched message is tracked until it is settled (ack, nak or term). While tracked it gets an
-`in_progress()` heartbeat every AckWait/3, as in the original, so long work (a slow warehouse, a
+`in_progress()` heartbeat every AckWait/3 (three chances before AckWait ends), so long work (a slow warehouse, a
 destination retried for hours) never triggers a redelivery while this process lives. On close,
 what was not settled is handed back with a nak so another worker gets it at once.
 
@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.errors import MsgAlreadyAckdError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo, RetentionPolicy
+from nats.js.api import RetentionPolicy
 from nats.js.errors import ServiceUnavailableError
 
 from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer, subject
@@ -190,9 +190,6 @@ class PipelineConsumer:
                     "Cannot notify NATS that a message is still being processed.",
                     extra={"consumer": self.name, "error": text},
                 )
-
-    async def info(self) -> ConsumerInfo:
-        return await self.js.consumer_info(STREAM, self.name)
 
     async def close(self) -> None:
         """Stop fetching and heartbeats, and nak what was not settled so it is redelivered now."""

@@ -1,7 +1,7 @@
 """Dead letters: events a pipeline gave up on, kept in EVENTS_DLQ with the reason.
 
-A dead letter is the original message bytes on `dlq.v1.<pipeline>` with headers saying why,
-after how many attempts and since when. It is stored (PubAck) before the original is removed
+A dead letter is the event's message bytes on `dlq.v1.<pipeline>` with headers saying why,
+after how many attempts and since when. It is stored (PubAck) before the event is removed
 from EVENTS, so a crash in between leaves a duplicate at worst, never a loss; the same
 `Nats-Msg-Id` makes the second copy a duplicate the stream drops.
 """

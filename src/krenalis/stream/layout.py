@@ -1,11 +1,12 @@
-"""The JetStream layout, compatible with the original Krenalis.
+"""The JetStream layout: the stream and consumer names of Krenalis's Go implementation
+(github.com/krenalis/krenalis), so either can run on the same NATS.
 
 - Stream `EVENTS`, subjects `events.v1.>`. A message leaves the stream once its pipeline's
   consumer has acked it, which is what "removed only after processing is complete" means. The
-  original uses WorkQueue retention, where each ack deletes its message; with fsync on every
-  write that is one fsync per event, so new streams use limits retention and the consumers
-  remove what they acked in bulk (`pruning.py`). An existing WorkQueue stream is kept as it is
-  (NATS cannot change it), and works as in the original. Discard policy `new`: if someone sets a
+  Go implementation uses WorkQueue retention, where each ack deletes its message; with fsync on
+  every write that is one fsync per event, so new streams use limits retention and the
+  consumers remove what they acked in bulk (`pruning.py`). An existing WorkQueue stream is kept
+  as it is (NATS cannot change it), and works as there. Discard policy `new`: if someone sets a
   size limit, a full stream refuses new events (503) instead of dropping unprocessed ones.
 - One subject and one durable pull consumer per pipeline and shard:
   `events.v1.<pipeline>.<shard>` consumed by `EVENTS_<pipeline>_<shard>`; exactly one consumer
@@ -15,9 +16,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Collection, Mapping
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -42,10 +45,13 @@ __all__ = [
     "consumer_name",
     "dlq_stream_config",
     "ensure_consumer",
+    "ensure_pipelines",
     "ensure_stream",
     "ensure_streams",
     "list_pipeline_consumers",
     "remove_pipeline",
+    "remove_pipelines_except",
+    "restore_if_lost",
     "stream_config",
     "subject",
 ]
@@ -222,3 +228,51 @@ async def remove_pipeline(js: JetStreamContext, pipeline: str) -> int:
         extra={"pipeline": pipeline, "shards": sorted(shards), "discarded": discarded},
     )
     return discarded
+
+
+async def ensure_pipelines(js: JetStreamContext, shards: Mapping[str, int], ack_wait: float) -> None:
+    """A consumer for every shard of every pipeline in `shards` (pipeline id -> shard count)."""
+    for pipeline, count in shards.items():
+        for shard in range(count):
+            await ensure_consumer(js, pipeline, shard, ack_wait)
+
+
+async def remove_pipelines_except(js: JetStreamContext, keep: Collection[str]) -> None:
+    """Pipelines that have consumers on EVENTS but are not in `keep` lose them and their
+    pending events."""
+    for pipeline in await list_pipeline_consumers(js):
+        if pipeline not in keep:
+            await remove_pipeline(js, pipeline)
+
+
+async def restore_if_lost(
+    js: JetStreamContext, settings: Settings, shards: Mapping[str, int]
+) -> bool:
+    """Put EVENTS, EVENTS_DLQ and the pipelines' consumers back if the server lost them (a
+    memory-storage server that restarted, a stream deleted by hand); True if it had to."""
+    if not await _stream_missing(js):
+        return False
+    await ensure_streams(js, settings)
+    await ensure_pipelines(js, shards, settings.nats_ack_wait)
+    log.warning(
+        "Restored the stream layout after a reconnection: the NATS server had lost it.",
+        extra={"stream": STREAM, "pipelines": len(shards)},
+    )
+    return True
+
+
+async def _stream_missing(js: JetStreamContext, patience: float = 60.0) -> bool:
+    """Whether EVENTS is gone, once JetStream answers (it may still be starting); False if it
+    does not answer within `patience` (the next reconnection asks again)."""
+    backoff = Backoff(base=0.2, cap=5.0)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(patience):
+            while True:
+                try:
+                    await js.stream_info(STREAM)
+                    return False
+                except NotFoundError:
+                    return True
+                except Exception:  # not ready yet, or down again
+                    await backoff.wait()
+    return False

@@ -1,7 +1,7 @@
 """Removing what a pipeline shard has finished with from a limits-retention EVENTS stream.
 
 On a WorkQueue stream every ack deletes its message, and with `sync_interval: always` each of
-those deletes is written and fsynced on its own: about 5-6k a second on the reference machine,
+those deletes is written and fsynced on its own: about 5-6k a second on a 2-core VM,
 which capped end-to-end delivery (bench/RESULTS.md). EVENTS is therefore created with limits
 retention, and the messages a consumer has settled are removed in bulk instead: twice a second
 the consumer's ack floor (every message of its subject at or below it is acked or termed, by
@@ -12,8 +12,8 @@ A message that waits for a retry holds the ack floor back while later ones are a
 later ones are then deleted one by one once they have waited STRAGGLER_AFTER seconds above the
 floor, so a retry that lasts hours does not keep hours of processed events on disk.
 
-An EVENTS stream created with WorkQueue retention (by an earlier version, or by the original
-Krenalis) cannot be changed to limits retention; there acks delete, and nothing here runs.
+An EVENTS stream created with WorkQueue retention (by an earlier version, or by Krenalis's Go
+implementation) cannot be changed to limits retention; there acks delete, and nothing here runs.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from krenalis import metrics
 from krenalis.backoff import retry_delay
 from krenalis.errors import InvalidEvent
-from krenalis.events import decode_event
+from krenalis.events import decode_event, user_key
 from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry, Sink
 from krenalis.stream.consumer import Delivery, PipelineConsumer
 from krenalis.stream.deadletters import dead_letter
@@ -34,6 +34,9 @@ from krenalis.stream.deadletters import dead_letter
 __all__ = ["PipelineWorker", "WorkerSettings"]
 
 log = logging.getLogger("krenalis.worker")
+
+#: Seconds the start-up check of a sink may take (it never holds the worker up for longer).
+SINK_CHECK_TIMEOUT = 5.0
 
 
 
@@ -97,6 +100,8 @@ class PipelineWorker:
         # Only the first start creates the consumer: after a crash it may be gone because the
         # pipeline was removed meanwhile, and must stay gone.
         await self.consumer.start(create=self._create_consumer and not self._started_once)
+        if not self._started_once:
+            await self._check_sink()
         self._started_once = True
         log.info("Worker started.", extra={"pipeline": self.pipeline, "shard": self.shard})
         # The next events are fetched while the current batch is written (the fetch and the
@@ -112,6 +117,18 @@ class PipelineWorker:
             await self.consumer.close()  # hands back what was not settled
             metrics.IN_FLIGHT.labels(self.pipeline).set(0)
             log.info("Worker stopped.", extra={"pipeline": self.pipeline, "shard": self.shard})
+
+    async def _check_sink(self) -> None:
+        """Say once, at start, when the destination cannot work (a wrong host, a warehouse that
+        refuses the login): the worker still runs, retrying each batch until it can."""
+        try:
+            await asyncio.wait_for(self.sink.healthcheck(), SINK_CHECK_TIMEOUT)
+        except Exception as exc:
+            self.last_error = str(exc) or type(exc).__name__
+            log.warning(
+                "The destination does not answer yet; events wait and are retried.",
+                extra={"pipeline": self.pipeline, "error": self.last_error},
+            )
 
     def stop(self) -> None:
         """Finish the batch being written, then stop (the rest is redelivered)."""
@@ -172,8 +189,7 @@ class PipelineWorker:
             except InvalidEvent as exc:
                 await self._dead_letter(_Held(delivery, {}, ""), f"invalid event data: {exc}")
                 continue
-            user = event.get("anonymousId") or event.get("userId") or ""
-            self.held.append(_Held(delivery, event, user))
+            self.held.append(_Held(delivery, event, user_key(event)))
         if deliveries:
             self._arrived.set()
 

@@ -13,9 +13,7 @@ from nats.js.errors import NotFoundError
 
 from krenalis.backoff import Backoff
 from krenalis.sinks.base import Sink
-from krenalis.sinks.file import FileSink
 from krenalis.sinks.warehouse import WarehouseSink
-from krenalis.sinks.webhook import WebhookSink
 from krenalis.worker.pipeline import PipelineWorker, WorkerSettings
 from krenalis.workspace.model import Pipeline, Workspace
 
@@ -28,22 +26,12 @@ HEALTHY_RUN = 60.0
 
 
 def make_sink(pipeline: Pipeline, workspace: Workspace, warehouse_dsn: str | None) -> Sink:
+    """A new sink for the pipeline: the warehouse's, or the one its destination's options build."""
     if pipeline.to_warehouse:
         if not warehouse_dsn:
             raise ValueError(f"pipeline {pipeline.id!r} writes to the warehouse, but none is set")
         return WarehouseSink(warehouse_dsn)
-    dest = workspace.destinations[pipeline.to]
-    if dest.type == "webhook":
-        return WebhookSink(
-            dest.url or "",
-            secret=dest.secret,
-            batch=dest.batch,
-            timeout=dest.timeout,
-            max_concurrency=dest.max_concurrency,
-            rate_limit=dest.rate_limit,
-            headers=dict(dest.headers) or None,
-        )
-    return FileSink(dest.path or "")
+    return workspace.destinations[pipeline.to].options.build()
 
 
 @dataclass

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,7 @@ import psycopg
 from psycopg import sql
 
 from krenalis.errors import EmbeddedPostgresError
+from krenalis.runtime.processes import free_port, port_is_free, running
 
 __all__ = ["EmbeddedPostgres"]
 
@@ -42,8 +42,6 @@ CONF_FILE = "krenalis.conf"  # our settings, included from postgresql.conf
 LOG_FILE = "postgresql.log"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
 START_ATTEMPTS = 3  # a port taken between our check and the bind: try another one
-
-
 
 
 def _bin_path() -> Path:
@@ -60,32 +58,6 @@ def _bin(name: str) -> str:
 
 def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As PostgreSQL does: connections of the previous run in TIME_WAIT do not block a bind.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _alive(pid: int) -> psutil.Process | None:
-    """The process ``pid`` if it runs (a zombie does not), else None."""
-    try:
-        proc = psutil.Process(pid)
-        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
-    except psutil.Error:
-        return None
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -141,7 +113,7 @@ class EmbeddedPostgres:
         return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{database}"
 
     def is_running(self) -> bool:
-        return self._pid is not None and _alive(self._pid) is not None
+        return self._pid is not None and running(self._pid) is not None
 
     def start(self) -> EmbeddedPostgres:
         """Initialise the data directory if needed, start the server and wait until it is ready.
@@ -174,10 +146,10 @@ class EmbeddedPostgres:
         if self._pid is None:
             return
         pid = self._pid
-        if _alive(pid) is not None:
+        if running(pid) is not None:
             with contextlib.suppress(EmbeddedPostgresError):
                 self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(int(timeout)))
-            if _alive(pid) is not None:
+            if running(pid) is not None:
                 self._force_stop()
         self._pid = None
         log.info(
@@ -258,7 +230,7 @@ class EmbeddedPostgres:
             pid = int(pid_file.read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return
-        proc = _alive(pid)
+        proc = running(pid)
         if proc is not None and self._is_our_postmaster(proc):
             log.warning(
                 "A leftover PostgreSQL server runs on this data directory; stopping it.",
@@ -279,7 +251,7 @@ class EmbeddedPostgres:
             pid = int(lock.read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return
-        if _alive(pid) is None:
+        if running(pid) is None:
             lock.unlink(missing_ok=True)
             (Path(self._socket_dir()) / f".s.PGSQL.{port}").unlink(missing_ok=True)
 
@@ -299,9 +271,9 @@ class EmbeddedPostgres:
 
     def _choose_port(self, attempt: int) -> int:
         port = self._remembered_port()
-        if attempt == 0 and port is not None and _port_is_free(self.host, port):
+        if attempt == 0 and port is not None and port_is_free(self.host, port):
             return port
-        return _free_port(self.host)
+        return free_port(self.host)
 
     def _socket_dir(self) -> str:
         if len(str(self.data_dir / ".s.PGSQL.65535")) <= MAX_SOCKET_PATH:
@@ -379,18 +351,18 @@ class EmbeddedPostgres:
         if pid is None:
             with contextlib.suppress(EmbeddedPostgresError):
                 pid = self._read_pid()
-        if pid is None or _alive(pid) is None:
+        if pid is None or running(pid) is None:
             self._pid = None
             return
         with contextlib.suppress(EmbeddedPostgresError):
             self._pg_ctl("stop", "-m", "immediate", "-w", "-t", "10")
-        if _alive(pid) is not None:
+        if running(pid) is not None:
             self._kill_tree(pid)
         self._pid = None
 
     @staticmethod
     def _kill_tree(pid: int) -> None:
-        proc = _alive(pid)
+        proc = running(pid)
         if proc is None:
             return
         try:
@@ -403,7 +375,7 @@ class EmbeddedPostgres:
         # A killed postmaster's shared memory is released only once every child has exited.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(
-            _alive(p.pid) is not None for p in [proc, *children]
+            running(p.pid) is not None for p in [proc, *children]
         ):
             time.sleep(0.02)
 

@@ -1,10 +1,11 @@
 """The ``krenalis_events`` table: its columns, how an event becomes a row, and ``init_db``.
 
-The DDL lives in ``schema.sql`` (the original's PostgreSQL table, plus an index on
-``received_at``). ``COLUMNS`` lists the 67 written columns in the original's row order
-(``kpid`` is never written: identity resolution fills it). ``event_to_row`` maps a wire event
-(camelCase keys) to those columns: absent values become NULL, NUL characters are stripped (as
-the original does), JSON values are encoded, datetimes are converted to UTC. Everything else
+The DDL lives in ``schema.sql``: the ``krenalis_events`` table of Krenalis's Go implementation
+(github.com/krenalis/krenalis), so the same queries work on either, plus an index on
+``received_at``. ``COLUMNS`` lists the 67 written columns in the table's order (``kpid`` is
+never written: identity resolution fills it). ``event_to_row`` maps a wire event (camelCase
+keys) to those columns: absent values become NULL, NUL characters are stripped (PostgreSQL
+text cannot hold them), JSON values are encoded, datetimes are converted to UTC. Everything else
 (ranges, IP syntax, enum labels) is left to PostgreSQL, whose refusals the sink turns into
 ``Rejected`` outcomes.
 """
@@ -67,7 +68,7 @@ class Column:
         return ".".join(self.path)
 
 
-# (prefix, fields) in the original's row order.
+# (prefix, fields) in the table's column order.
 _LAYOUT = (
     ("", "connectionId anonymousId channel category"),
     ("context.app.", "name version build namespace"),
@@ -115,8 +116,6 @@ if len(COLUMNS) != 67:  # pragma: no cover - a guard against editing _LAYOUT by 
 
 
 # -- event -> row ----------------------------------------------------------------------------
-
-
 
 
 def _tree() -> dict[str, Any]:

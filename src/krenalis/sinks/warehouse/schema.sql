@@ -1,4 +1,4 @@
--- The warehouse events table, as the original Krenalis creates it in PostgreSQL
+-- The warehouse events table, as Krenalis's Go implementation (github.com/krenalis/krenalis) creates it
 -- (warehouses/postgresql/tables/events.sql), plus an index on received_at.
 -- Idempotent; init_db() runs it under an advisory lock so concurrent runs do not race.
 -- Keep the column list in sync with COLUMNS in schema.py.
