@@ -74,6 +74,9 @@ class Settings:
     warehouse_dsn: Secret | None = None
     data_dir: Path = Path("data")
     workspace_path: Path = Path("krenalis.yaml")
+    #: Whether the operator named the workspace file (KRENALIS_WORKSPACE or --workspace): a
+    #: process applies a local file only then, or as serve with its embedded NATS.
+    workspace_named: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = 2022
     http_workers: int = 1
@@ -112,6 +115,7 @@ def load_settings(
         warehouse_dsn=_dsn(env.get("KRENALIS_WAREHOUSE_DSN", "")),
         data_dir=Path(env.get("KRENALIS_DATA_DIR", "") or "data"),
         workspace_path=Path(env.get("KRENALIS_WORKSPACE", "") or "krenalis.yaml"),
+        workspace_named=bool(env.get("KRENALIS_WORKSPACE", "")),
         http_host=env.get("KRENALIS_HTTP_HOST", "") or "127.0.0.1",
         http_port=_port(env.get("KRENALIS_HTTP_PORT", "")),
         http_workers=_int_range(env, "KRENALIS_HTTP_WORKERS", 1, 1, 64),

@@ -8,6 +8,8 @@ KrenalisError
  │    └── ServerConfigError   nats-server refused a configuration file we wrote
  ├── WorkspaceError           the workspace file: "file:line: reason"
  │    └── FilterError         a filter or consent rule that cannot be built
+ ├── WorkspaceChangeError     a workspace change that cannot be stored as asked
+ │    └── RevisionConflict    another change was stored since this one read the workspace
  ├── RequestError             an HTTP request refused as a whole (status, code, message)
  ├── EventError               one event of a request rejected; the rest goes on
  │    └── InvalidEvent        bytes read back from the stream are not a valid event
@@ -41,10 +43,12 @@ __all__ = [
     "NatsServerNotFound",
     "PublishError",
     "RequestError",
+    "RevisionConflict",
     "ServerConfigError",
     "ServerTooOldError",
     "SinkError",
     "StreamError",
+    "WorkspaceChangeError",
     "WorkspaceError",
 ]
 
@@ -83,6 +87,15 @@ class FilterError(KrenalisError, ValueError):
         super().__init__(message)
         self.obj = obj
         self.key = key
+
+
+class WorkspaceChangeError(KrenalisError):
+    """A valid workspace that cannot be stored as asked: it would drop pending events, or the
+    stored workspace changed meanwhile. The message says what to do."""
+
+
+class RevisionConflict(WorkspaceChangeError):
+    """Another change was stored since this one read the workspace (compare-and-set failed)."""
 
 
 class RequestError(KrenalisError):

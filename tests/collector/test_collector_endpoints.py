@@ -338,7 +338,7 @@ async def test_health(collector: CollectorHarness) -> None:
     async with collector.client() as client:
         response = await client.get("/health")
         assert response.status_code == 200
-        assert response.json() == {"status": "ok", "stream": True}
+        assert response.json() == {"status": "ok", "stream": True, "revision": 0}
         head = await client.head("/health")
         assert head.status_code == 200
 

@@ -21,7 +21,7 @@ async def test_503_while_nats_is_down_then_recovery(collector: CollectorHarness)
 
         health = await client.get("/health")
         assert health.status_code == 503
-        assert health.json() == {"status": "unavailable", "stream": False}
+        assert health.json() == {"status": "unavailable", "stream": False, "revision": 0}
 
         refused = event("track")
         for path, body in (

@@ -8,50 +8,17 @@ it for failed tests).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
 import pytest
-from e2e_support import KrenalisProcess, process_env
+from e2e_support import Deployment
 from nats.js import JetStreamContext
 
 from fixtures.nats_servers import settings_for
 from krenalis.runtime.nats_server import EmbeddedNats
 from krenalis.stream.layout import ensure_streams
-
-
-class Deployment:
-    def __init__(self, root: Path, nats_url: str) -> None:
-        self.root = root
-        self.nats_url = nats_url
-        self.data_dir = root / "data"
-        self.processes: list[KrenalisProcess] = []
-
-    @property
-    def workspace_path(self) -> Path:
-        return self.root / "krenalis.yaml"
-
-    def write_workspace(self, text: str) -> None:
-        self.workspace_path.write_text(text)
-
-    def start(self, command: str, name: str | None = None, **env: str) -> KrenalisProcess:
-        """Start `krenalis <command>` with KRENALIS_* settings (`env` adds or overrides)."""
-        name = name or f"{command}-{len(self.processes)}"
-        process = KrenalisProcess(
-            command, self.root, process_env(self.data_dir, nats_url=self.nats_url, **env), name
-        )
-        self.processes.append(process)
-        return process.start()
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            with contextlib.suppress(Exception):
-                process.stop()
-        for process in self.processes:
-            with contextlib.suppress(Exception):
-                process.kill()  # a no-op unless stop() failed
 
 
 @pytest.fixture

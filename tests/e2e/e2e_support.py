@@ -8,6 +8,7 @@ and prints their logs so a failing test shows what the processes said.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -164,6 +165,16 @@ class KrenalisProcess:
             await asyncio.sleep(0.05)
 
 
+async def revision_of(process: KrenalisProcess) -> int:
+    """The workspace revision a collector routes by (its /health says), 0 if it does not answer."""
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            response = await client.get(f"{process.base_url}/health")
+        return int(response.json().get("revision") or 0)
+    except (httpx.HTTPError, ValueError):
+        return 0
+
+
 def process_env(
     data_dir: Path, *, nats_url: str, http_port: int | None = None, **extra: str
 ) -> dict[str, str]:
@@ -178,6 +189,48 @@ def process_env(
     )
     env.update(extra)
     return env
+
+
+class Deployment:
+    def __init__(self, root: Path, nats_url: str) -> None:
+        self.root = root
+        self.nats_url = nats_url
+        self.data_dir = root / "data"
+        self.processes: list[KrenalisProcess] = []
+
+    @property
+    def workspace_path(self) -> Path:
+        return self.root / "krenalis.yaml"
+
+    def write_workspace(self, text: str) -> None:
+        self.workspace_path.write_text(text)
+
+    def start(self, command: str, name: str | None = None, **env: str) -> KrenalisProcess:
+        """Start `krenalis <command>` with KRENALIS_* settings (`env` adds or overrides)."""
+        name = name or f"{command}-{len(self.processes)}"
+        # An operator with a NATS of their own names the file each process applies.
+        env.setdefault("KRENALIS_WORKSPACE", str(self.workspace_path))
+        process = KrenalisProcess(
+            command, self.root, process_env(self.data_dir, nats_url=self.nats_url, **env), name
+        )
+        self.processes.append(process)
+        return process.start()
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run a one-shot `krenalis` command (`workspace apply`, `status`...) on this deployment."""
+        env = process_env(self.data_dir, nats_url=self.nats_url)
+        return subprocess.run(
+            [sys.executable, "-m", "krenalis.cli", *args],
+            cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            with contextlib.suppress(Exception):
+                process.stop()
+        for process in self.processes:
+            with contextlib.suppress(Exception):
+                process.kill()  # a no-op unless stop() failed
 
 
 # -- events and the collector --------------------------------------------------------------------

@@ -113,10 +113,13 @@ async def test_events_reach_warehouse_webhook_and_file_exactly_once(
         # Warehouse: exactly once.
         assert await warehouse_stats(warehouse_dsn) == (total, total)
         assert set(await warehouse_ids(warehouse_dsn)) == expected
-        # Webhook: one request per event, the messageId as the idempotency key.
+        # Webhook: one request per event, "<source>:<messageId>" as the idempotency key.
         posts = [r for r in rx.requests if r.method == "POST"]
         assert sorted(r.json["messageId"] for r in posts) == sorted(expected)
-        assert all(r.headers["idempotency-key"] == r.json["messageId"] for r in posts)
+        assert all(
+            r.headers["idempotency-key"] == f"{r.json['connectionId']}:{r.json['messageId']}"
+            for r in posts
+        )
         assert all(r.headers["content-type"] == "application/json" for r in posts)
         # File: one line per event.
         lines = file_events(out)

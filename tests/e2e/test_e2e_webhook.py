@@ -67,7 +67,7 @@ pipelines:
         await wait_for(lambda: len(posts(flaky)) >= 2, what="the retry", processes=[serve])
         first, second = posts(flaky)
         assert first.json["messageId"] == second.json["messageId"] == "retry-me"
-        assert second.headers["idempotency-key"] == "retry-me"
+        assert second.headers["idempotency-key"] == "web:retry-me"
         assert 0.4 <= second.at - first.at <= 3.0, second.at - first.at
 
         # 400: dead-lettered with the reason, once, and removed from EVENTS.

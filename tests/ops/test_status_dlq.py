@@ -32,6 +32,7 @@ from krenalis.stream.layout import (
     ensure_streams,
     subject,
 )
+from krenalis.workspace.store import Revision, WorkspaceStore
 
 KEY = "k" * 32
 WORKSPACE = f"""\
@@ -46,8 +47,6 @@ pipelines:
     source: web
     to: warehouse
 """
-
-
 
 
 @pytest.fixture
@@ -91,16 +90,23 @@ async def _dead(conn: NatsConnection, pipeline: str, seq: int, **headers: Any) -
         conn.js, pipeline=pipeline, shard=0, data=json.dumps(event).encode(),
         reason=headers.get("reason", "webhook answered 400: [bad] payload"),
         attempts=3, first_attempt=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), stream_seq=seq,
+        generation="1",
     )  # fmt: skip
 
 
 # ---------------------------------------------------------------- status
 
 
+async def store_workspace(conn: NatsConnection, text: str) -> None:
+    """The workspace as `workspace apply` stores it, without making its consumers."""
+    store = await WorkspaceStore(conn.js, conn.settings).open()
+    await store.store(Revision(0, text, "test"), 0)
+
+
 async def test_status_counts_match_the_consumers(
-    conn: NatsConnection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    conn: NatsConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "krenalis.yaml").write_text(WORKSPACE)
+    await store_workspace(conn, WORKSPACE)
     js = conn.js
     await ensure_consumer(js, "web-wh", 0, 30.0)
     await ensure_consumer(js, "gone", 0, 30.0)
@@ -137,15 +143,13 @@ async def test_status_counts_match_the_consumers(
     assert "EVENTS: 5 messages" in out and "web-wh" in out and "no consumer" in out
 
 
-async def test_status_without_workspace_file_still_shows_consumers(
+async def test_status_without_a_stored_workspace_still_shows_consumers(
     conn: NatsConnection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await ensure_consumer(conn.js, "web-wh", 0, 30.0)
     snapshot = await _status(capsys)
-    assert (
-        snapshot["workspace"]["loaded"] is False
-        and "krenalis.yaml" in snapshot["workspace"]["error"]
-    )
+    assert snapshot["workspace"]["loaded"] is False
+    assert "no workspace stored" in snapshot["workspace"]["error"]
     assert _rows(snapshot)["web-wh"]["state"] == "consumer"
 
 
@@ -173,7 +177,7 @@ async def test_watch_refreshes(
 ) -> None:
     await ensure_consumer(conn.js, "web-wh", 0, 30.0)
     settings = settings_for(nats_server.url)
-    await watch(conn.js, settings, 0.01, as_json=True, iterations=2)
+    await watch(conn, settings, 0.01, as_json=True, iterations=2)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(
         json.loads(x)["pipelines"][0]["pipeline"] == "web-wh" for x in lines
@@ -181,7 +185,7 @@ async def test_watch_refreshes(
 
     screen = io.StringIO()
     console = Console(file=screen, width=120, force_terminal=False)
-    await watch(conn.js, settings, 0.01, iterations=2, console=console)
+    await watch(conn, settings, 0.01, iterations=2, console=console)
     assert "EVENTS: 0 messages" in screen.getvalue() and "web-wh" in screen.getvalue()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import ipaddress
+import logging
 import os
 import socket
 import time
@@ -27,6 +28,7 @@ from krenalis.sinks.warehouse import (
     init_db,
     is_retriable,
 )
+from krenalis.sinks.warehouse.schema import CREATED, UP_TO_DATE
 
 
 def make_event(message_id: str, **overrides: Any) -> dict[str, Any]:
@@ -217,10 +219,10 @@ async def message_ids(dsn: str) -> set[str]:
 
 
 async def test_init_db_is_idempotent(warehouse_dsn: str) -> None:
-    await init_db(warehouse_dsn)
-    await init_db(warehouse_dsn)
+    assert await init_db(warehouse_dsn) == CREATED
+    assert await init_db(warehouse_dsn) == UP_TO_DATE
     async with await psycopg.AsyncConnection.connect(warehouse_dsn) as conn:
-        await init_db(conn)  # on a caller's connection too
+        assert await init_db(conn) == UP_TO_DATE  # on a caller's connection too
     columns = await fetch(
         warehouse_dsn,
         "SELECT column_name, data_type FROM information_schema.columns "
@@ -239,11 +241,35 @@ async def test_init_db_is_idempotent(warehouse_dsn: str) -> None:
     assert any("(received_at)" in i["indexdef"] for i in index)
     labels = await fetch(warehouse_dsn, "SELECT enum_range(NULL::event_os_name)::text AS r")
     assert '"Chrome OS"' in labels[0]["r"]
+    assert await primary_key(warehouse_dsn) == ["message_id", "connection_id"]
 
 
 async def test_init_db_concurrently(warehouse_dsn: str) -> None:
-    await asyncio.gather(*(init_db(warehouse_dsn) for _ in range(8)))
+    changes = await asyncio.gather(*(init_db(warehouse_dsn) for _ in range(8)))
+    assert sorted(changes) == sorted([CREATED] + [UP_TO_DATE] * 7)
     assert await count(warehouse_dsn) == 0
+
+
+async def test_init_db_logs_what_it_did_unless_quiet(
+    warehouse_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="krenalis.warehouse"):
+        await init_db(warehouse_dsn)
+        await init_db(warehouse_dsn, quiet=True)
+    changes = [r.change for r in caplog.records if hasattr(r, "change")]
+    assert changes == [CREATED]
+
+
+async def primary_key(dsn: str) -> list[str]:
+    """The columns of krenalis_events's primary key, in the index's order."""
+    rows = await fetch(
+        dsn,
+        "SELECT a.attname FROM pg_index i "
+        "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = 'krenalis_events'::regclass AND i.indisprimary ORDER BY k.n",
+    )
+    return [r["attname"] for r in rows]
 
 
 # -- rows ------------------------------------------------------------------------------------
@@ -344,6 +370,69 @@ async def test_duplicates_inside_a_batch_keep_the_last(sink: WarehouseSink, ware
     ]
 
 
+# -- sources ---------------------------------------------------------------------------------
+# Each source chooses its messageIds, and browser write keys are public: a source must not be
+# able to touch another source's rows by sending their messageId.
+
+
+async def rows_by_source(dsn: str) -> dict[tuple[str, str], dict[str, Any]]:
+    rows = await fetch(
+        dsn, "SELECT connection_id, message_id, event, user_id, properties FROM krenalis_events"
+    )
+    return {(r.pop("connection_id"), r.pop("message_id")): r for r in rows}
+
+
+async def test_two_sources_with_the_same_message_id_keep_their_own_rows(
+    sink: WarehouseSink, warehouse: str
+) -> None:
+    shop = make_event("m-1", connectionId="shop", event="Order Completed", userId="ada")
+    assert await sink.write([shop]) == [DELIVERED]
+    # Another source sends the same messageId, as an attacker with a public write key could.
+    forged = make_event("m-1", connectionId="blog", event="Forged", userId="eve")
+    assert await sink.write([forged]) == [DELIVERED]
+    assert await rows_by_source(warehouse) == {
+        ("shop", "m-1"): {
+            "event": "Order Completed",
+            "user_id": "ada",
+            "properties": {"sku": "A-1"},
+        },
+        ("blog", "m-1"): {"event": "Forged", "user_id": "eve", "properties": {"sku": "A-1"}},
+    }
+    # A source's own resend still replaces its own row, and only that one.
+    again = make_event("m-1", connectionId="shop", event="Order Updated", userId="ada")
+    assert await sink.write([again]) == [DELIVERED]
+    rows = await rows_by_source(warehouse)
+    assert rows[("shop", "m-1")]["event"] == "Order Updated"
+    assert rows[("blog", "m-1")]["event"] == "Forged"
+
+
+async def test_one_batch_with_the_same_message_id_from_two_sources(
+    sink: WarehouseSink, warehouse: str
+) -> None:
+    batch = [
+        make_event("m-1", connectionId="shop", event="Old"),
+        make_event("m-1", connectionId="blog", event="Blog"),
+        make_event("m-1", connectionId="shop", event="New"),
+    ]
+    assert await sink.write(batch) == [DELIVERED] * 3
+    rows = await rows_by_source(warehouse)
+    assert {key: row["event"] for key, row in rows.items()} == {
+        ("shop", "m-1"): "New",
+        ("blog", "m-1"): "Blog",
+    }
+
+
+async def test_a_bad_row_of_one_source_does_not_reject_the_other_sources_event(
+    sink: WarehouseSink, warehouse: str
+) -> None:
+    good = make_event("m-1", connectionId="shop")
+    bad = make_event("m-1", connectionId="blog", context={"ip": "not-an-ip"})
+    outcomes = await sink.write([good, bad, make_event("m-2", connectionId="blog")])
+    assert outcomes[0] == outcomes[2] == DELIVERED
+    assert isinstance(outcomes[1], Rejected) and "context_ip" in outcomes[1].reason
+    assert set(await rows_by_source(warehouse)) == {("shop", "m-1"), ("blog", "m-2")}
+
+
 async def test_concurrent_writers_of_the_same_ids_do_not_deadlock(warehouse: str) -> None:
     ids = [f"m-{i:04d}" for i in range(300)]
     async with WarehouseSink(warehouse) as one, WarehouseSink(warehouse) as two:
@@ -428,6 +517,9 @@ async def test_a_row_refused_by_the_upsert_is_found_by_bisection(
     ("event", "field"),
     [
         ({"messageId": None}, "messageId"),
+        ({"connectionId": None}, "connectionId"),
+        ({"connectionId": ""}, "connectionId"),
+        ({"connectionId": 7}, "connectionId"),  # 7 and "7" would be one row in PostgreSQL
         ({"receivedAt": None}, "receivedAt"),
         ({"traits": None}, "traits"),
         ({"timestamp": "yesterday"}, "timestamp"),

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -69,7 +70,7 @@ async def test_delivered_with_headers_and_a_valid_signature(rx, make_sink) -> No
     assert request.json == events[0]
     assert request.headers["content-type"] == "application/json"
     assert request.headers["user-agent"] == f"krenalis-events/{__version__}"
-    assert request.headers["idempotency-key"] == "msg-user-a-1"
+    assert request.headers["idempotency-key"] == "website:msg-user-a-1"
     assert request.headers["authorization"] == "Bearer t0k"
     signature = request.headers["x-krenalis-signature"]
     assert verify_signature(SECRET, signature, request.body)
@@ -88,7 +89,7 @@ async def test_500_is_retried_then_delivered(rx, make_sink) -> None:
 
     assert await sink.write([event(1)]) == [Retry("HTTP 500: database down")]
     assert await sink.write([event(1)]) == [DELIVERED]
-    assert [r.headers["idempotency-key"] for r in rx.requests] == ["msg-user-a-1"] * 2
+    assert [r.headers["idempotency-key"] for r in rx.requests] == ["website:msg-user-a-1"] * 2
 
 
 async def test_429_honours_retry_after(rx, make_sink) -> None:
@@ -165,8 +166,8 @@ async def test_batch_mode_sends_one_request_for_all_events(rx, make_sink) -> Non
     first, second = rx.requests
     assert first.json == {"batch": events}
     assert verify_signature(SECRET, first.headers["x-krenalis-signature"], first.body)
-    ids = "\n".join(e["messageId"] for e in events)
-    assert first.headers["idempotency-key"] == hashlib.sha256(ids.encode()).hexdigest()
+    keys = "\n".join(f"website:{e['messageId']}" for e in events)
+    assert first.headers["idempotency-key"] == hashlib.sha256(keys.encode()).hexdigest()
     assert second.headers["idempotency-key"] == first.headers["idempotency-key"]
 
 
@@ -184,8 +185,54 @@ async def test_batch_mode_rejects_only_the_unencodable_event(rx, make_sink) -> N
     assert outcomes[0] == outcomes[2] == DELIVERED
     assert isinstance(outcomes[1], Rejected) and "JSON" in outcomes[1].reason
     assert rx.bodies == [{"batch": [event(1), event(3)]}]
-    ids = "msg-user-a-1\nmsg-user-a-3"
-    assert rx.requests[0].headers["idempotency-key"] == hashlib.sha256(ids.encode()).hexdigest()
+    keys = "website:msg-user-a-1\nwebsite:msg-user-a-3"
+    assert rx.requests[0].headers["idempotency-key"] == hashlib.sha256(keys.encode()).hexdigest()
+
+
+# --- Idempotency keys: one source cannot collide with another ----------------------------------
+
+
+async def test_two_sources_with_the_same_message_id_get_different_keys(rx, make_sink) -> None:
+    shop, blog = event(1), event(1) | {"connectionId": "blog"}  # the same messageId
+    assert await make_sink(rx.url).write([shop, blog]) == [DELIVERED] * 2
+    keys = {r.json["connectionId"]: r.headers["idempotency-key"] for r in rx.requests}
+    assert keys == {"website": "website:msg-user-a-1", "blog": "blog:msg-user-a-1"}
+
+
+async def test_batch_keys_of_two_sources_with_the_same_message_ids_differ(rx, make_sink) -> None:
+    shop = [event(1), event(2)]
+    blog = [e | {"connectionId": "blog"} for e in shop]
+    sink = make_sink(rx.url, batch=True)
+    assert await sink.write(shop) == [DELIVERED] * 2
+    assert await sink.write(blog) == [DELIVERED] * 2
+    first, second = (r.headers["idempotency-key"] for r in rx.requests)
+    assert first != second
+    keys = "blog:msg-user-a-1\nblog:msg-user-a-2"
+    assert second == hashlib.sha256(keys.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("message_id", "key"),
+    [
+        ("3f2b9c1e-8d4a-4c6b-9a51-2e7f0d9b6a13", "website:3f2b9c1e-8d4a-4c6b-9a51-2e7f0d9b6a13"),
+        ("a:b/c?d=e&f", "website:a:b/c?d=e&f"),  # visible ASCII is sent as it is
+        ("café 100%", "website:caf%C3%A9%20100%25"),  # a header holds ASCII only
+        ("line\nbreak", "website:line%0Abreak"),  # a newline would end the header
+    ],
+)
+async def test_a_key_is_readable_and_any_message_id_can_be_sent(
+    rx, make_sink, message_id: str, key: str
+) -> None:
+    assert await make_sink(rx.url).write([event(1) | {"messageId": message_id}]) == [DELIVERED]
+    received = rx.requests[0].headers["idempotency-key"]
+    assert received == key
+    source, _, sent_id = received.partition(":")
+    assert (source, unquote(sent_id)) == ("website", message_id)
+
+
+async def test_an_event_without_a_message_id_gets_no_key(rx, make_sink) -> None:
+    assert await make_sink(rx.url).write([event(1) | {"messageId": None}]) == [DELIVERED]
+    assert "idempotency-key" not in rx.requests[0].headers
 
 
 async def test_a_failed_event_holds_back_the_later_events_of_its_user(rx, make_sink) -> None:

@@ -16,6 +16,7 @@ import base64
 import binascii
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,20 +56,30 @@ _BAD_AUTH = (
 class Collector:
     """The ASGI application. `set_workspace` swaps sources and routes live (reloads)."""
 
-    def __init__(self, conn: NatsConnection, workspace: Workspace) -> None:
+    def __init__(self, conn: NatsConnection, workspace: Workspace, revision: int = 0) -> None:
         self.conn = conn
+        #: Requests publishing now, by the workspace revision that routed them.
+        self._in_flight: Counter[int] = Counter()
         self.publisher = Publisher(
             conn.nc,
             alive=lambda: conn.down_for() < 1.0,
             atomic=conn.settings.nats_sync_interval == "always",
         )
         self.settings = conn.settings
-        self.set_workspace(workspace)
+        self.set_workspace(workspace, revision)
 
-    def set_workspace(self, workspace: Workspace) -> None:
+    def set_workspace(self, workspace: Workspace, revision: int = 0) -> None:
         self.workspace = workspace
+        self.revision = revision
         self.router = Router(workspace)
         self._filtered_reported = dict.fromkeys(self.router.filtered, 0)
+
+    @property
+    def routing_revision(self) -> int:
+        """The oldest workspace revision a request still publishing was routed by (the current
+        one when none is): a pipeline's consumer may go once every collector is past the
+        revision that removed it."""
+        return min((r for r, n in self._in_flight.items() if n), default=self.revision)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
@@ -92,7 +103,11 @@ class Collector:
 
     async def _health(self, send: Callable) -> None:
         usable = self.conn.usable
-        body = {"status": "ok" if usable else "unavailable", "stream": usable}
+        body = {
+            "status": "ok" if usable else "unavailable",
+            "stream": usable,
+            "revision": self.revision,
+        }
         await send_json(send, 200 if usable else 503, body)
 
     async def _ingest(
@@ -168,6 +183,14 @@ class Collector:
         return source
 
     async def _publish(self, source: Source, events: list[dict]) -> int:
+        revision = self.revision  # the router below is this revision's: no await in between
+        self._in_flight[revision] += 1
+        try:
+            return await self._route_and_publish(source, events)
+        finally:
+            self._in_flight[revision] -= 1
+
+    async def _route_and_publish(self, source: Source, events: list[dict]) -> int:
         copies: list[OutMessage] = []
         per_pipeline: dict[str, int] = {}
         for event in events:

@@ -1,8 +1,10 @@
-"""`krenalis status`: the EVENTS stream and, per pipeline, what waits, what is in flight, what failed.
+"""`krenalis status`: the EVENTS stream and, per pipeline, what waits, what is in flight, what
+failed; then every Krenalis process and the workspace revision it runs.
 
 Pipelines come from the consumers `EVENTS_<pipeline>_<shard>` (shards are summed), joined with
-the workspace file when it loads, so a pipeline without a consumer yet, or a consumer whose
-pipeline left the file, shows up too.
+the workspace stored in NATS, so a pipeline without a consumer yet, one being retired, or a
+consumer whose pipeline left the workspace, shows up too. Processes answer the NATS service API
+(:mod:`krenalis.runtime.service`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from nats.js.errors import NotFoundError
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -33,9 +36,12 @@ from krenalis.ops._common import (
     nats_urls,
     storage_of,
 )
+from krenalis.runtime.service import ProcessInfo, list_processes
+from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import STREAM, consumer_name, list_pipeline_consumers
-from krenalis.workspace.load import load_workspace
+from krenalis.workspace.load import parse_workspace
 from krenalis.workspace.model import Workspace
+from krenalis.workspace.store import Revision, WorkspaceStore
 
 __all__ = ["collect", "status", "watch"]
 
@@ -55,9 +61,9 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
 async def _run(settings: Settings, urls: tuple[str, ...], args: argparse.Namespace) -> int:
     async with connected(settings, urls) as conn:
         if args.watch is not None:
-            await watch(conn.js, settings, args.watch, as_json=args.json)
+            await watch(conn, settings, args.watch, as_json=args.json)
             return 0
-        snapshot = await collect(conn.js, settings)
+        snapshot = await collect(conn, settings)
     if args.json:
         print(json.dumps(snapshot, indent=2))
     else:
@@ -66,7 +72,7 @@ async def _run(settings: Settings, urls: tuple[str, ...], args: argparse.Namespa
 
 
 async def watch(
-    js: JetStreamContext,
+    conn: NatsConnection,
     settings: Settings,
     interval: float,
     *,
@@ -81,7 +87,7 @@ async def watch(
     with live or contextlib.nullcontext():
         while iterations is None or done < iterations:
             try:
-                snapshot: dict[str, Any] = await collect(js, settings)
+                snapshot: dict[str, Any] = await collect(conn, settings)
             except (nats.errors.Error, TimeoutError) as exc:
                 snapshot = {"time": _now(), "error": f"NATS did not answer ({exc}); retrying"}
             if live is None:
@@ -93,18 +99,32 @@ async def watch(
                 await asyncio.sleep(interval)
 
 
-async def collect(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
-    """One snapshot of the stream and the pipelines, JSON-ready."""
-    workspace, workspace_info = _workspace(settings)
+async def collect(conn: NatsConnection, settings: Settings) -> dict[str, Any]:
+    """One snapshot of the stream, the pipelines and the processes, JSON-ready."""
+    js = conn.js
+    revision, workspace, workspace_info = await _workspace(js, settings)
     stream = await _stream(js)
     consumers = await _consumers(js) if stream["exists"] else {}
     dead = await dead_letter_counts(js)
+    processes = await list_processes(conn.nc)
     return {
         "time": _now(),
         "stream": stream,
         "dead_letters": sum(dead.values()),
-        "pipelines": _pipelines(workspace, consumers, dead),
+        "pipelines": _pipelines(workspace, revision, consumers, dead),
         "workspace": workspace_info,
+        "processes": [_process(p) for p in processes],
+    }
+
+
+def _process(p: ProcessInfo) -> dict[str, Any]:
+    return {
+        "role": p.role,
+        "host": p.host,
+        "pid": p.pid,
+        "uptime": round(p.uptime),
+        "revision": p.revision,
+        "pipelines": list(p.pipelines),
     }
 
 
@@ -112,15 +132,26 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _workspace(settings: Settings) -> tuple[Workspace | None, dict[str, Any]]:
-    info: dict[str, Any] = {"path": str(settings.workspace_path), "loaded": False, "error": None}
+async def _workspace(
+    js: JetStreamContext, settings: Settings
+) -> tuple[Revision | None, Workspace | None, dict[str, Any]]:
+    """The stored workspace (read as written: this process need not have its secrets)."""
+    info: dict[str, Any] = {"revision": None, "loaded": False, "error": None}
+    revision = await (await WorkspaceStore(js, settings).open()).current()
+    if revision is None:
+        info["error"] = "no workspace stored in NATS yet (`krenalis workspace apply FILE`)"
+        return None, None, info
+    info.update(revision=revision.number, applied_at=revision.applied_at, origin=revision.origin)
+    info["retiring"] = [
+        {"pipeline": r.pipeline, "shards": list(r.shards), "mode": r.mode} for r in revision.retired
+    ]
     try:
-        workspace = load_workspace(settings.workspace_path)
+        workspace = parse_workspace(revision.text, f"revision {revision.number}", unset=set())
     except WorkspaceError as exc:
         info["error"] = str(exc)
-        return None, info
+        return revision, None, info
     info["loaded"] = True
-    return workspace, info
+    return revision, workspace, info
 
 
 async def _stream(js: JetStreamContext) -> dict[str, Any]:
@@ -156,7 +187,10 @@ async def _consumers(js: JetStreamContext) -> dict[str, list[ConsumerInfo]]:
 
 
 def _pipelines(
-    workspace: Workspace | None, consumers: dict[str, list[ConsumerInfo]], dead: dict[str, int]
+    workspace: Workspace | None,
+    revision: Revision | None,
+    consumers: dict[str, list[ConsumerInfo]],
+    dead: dict[str, int],
 ) -> list[dict[str, Any]]:
     declared = list(workspace.pipelines) if workspace else []
     others = sorted((set(consumers) | set(dead)) - set(declared))
@@ -169,7 +203,7 @@ def _pipelines(
                 "pipeline": pipeline_id,
                 "source": declared_pipeline.source if declared_pipeline else None,
                 "to": declared_pipeline.to if declared_pipeline else None,
-                "state": _state(workspace, declared_pipeline, infos),
+                "state": _state(workspace, revision, pipeline_id, declared_pipeline, infos),
                 "consumers": len(infos),
                 "pending": sum(i.num_pending or 0 for i in infos),
                 "in_flight": sum(i.num_ack_pending or 0 for i in infos),
@@ -182,7 +216,16 @@ def _pipelines(
     return rows
 
 
-def _state(workspace: Workspace | None, pipeline: Any, infos: list[ConsumerInfo]) -> str:
+def _state(
+    workspace: Workspace | None,
+    revision: Revision | None,
+    pipeline_id: str,
+    pipeline: Any,
+    infos: list[ConsumerInfo],
+) -> str:
+    retiring = revision.retirements_of(pipeline_id) if revision else []
+    if retiring:
+        return f"retiring ({retiring[0].mode})"
     if workspace is None:
         return "consumer" if infos else "dead letters only"
     if pipeline is None:
@@ -215,13 +258,34 @@ def render(snapshot: dict[str, Any]) -> Group:
         Text(f"{headline}. Dead letters: {snapshot['dead_letters']:,}. ({snapshot['time']})")
     ]
     workspace = snapshot["workspace"]
-    if not workspace["loaded"]:
-        parts.append(Text(f"Workspace file not loaded: {workspace['error']}", style="yellow"))
+    if workspace["revision"] is not None:
+        parts.append(Text(f"Workspace: revision {workspace['revision']}, applied "
+                          f"{workspace['applied_at']} from {workspace['origin']}."))  # fmt: skip
+    if workspace["error"]:
+        parts.append(Text(f"Workspace not loaded: {workspace['error']}", style="yellow"))
     if snapshot["pipelines"]:
         parts.append(_table(snapshot))
     else:
-        parts.append(Text("No pipelines: no consumer on EVENTS and none in the workspace file."))
+        parts.append(Text("No pipelines: no consumer on EVENTS and none in the workspace."))
+    parts.append(_processes(snapshot["processes"], workspace["revision"]))
     return Group(*parts)
+
+
+def _processes(processes: list[dict[str, Any]], current: int | None) -> Any:
+    if not processes:
+        return Text("No Krenalis process answers on this NATS.")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
+    for title in ("Process", "Host", "PID", "Up", "Revision", "Pipelines"):
+        table.add_column(title, no_wrap=title != "Pipelines")
+    for p in processes:
+        revision = str(p["revision"])
+        if current is not None and p["revision"] != current:
+            revision = f"[yellow]{revision}[/yellow]"
+        table.add_row(
+            p["role"], escape(p["host"]), str(p["pid"]), _duration(p["uptime"]), revision,
+            escape(", ".join(p["pipelines"])) or "-",
+        )  # fmt: skip
+    return table
 
 
 def _table(snapshot: dict[str, Any]) -> Table:
@@ -246,8 +310,12 @@ def _table(snapshot: dict[str, Any]) -> Table:
 def _ago(when: str | None, now: datetime) -> str:
     if when is None:
         return "never"
-    seconds = max(0, int((now - datetime.fromisoformat(when)).total_seconds()))
+    return _duration(int((now - datetime.fromisoformat(when)).total_seconds())) + " ago"
+
+
+def _duration(seconds: int) -> str:
+    seconds = max(0, seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -5,12 +5,16 @@ collector children sharing the port) and one worker per enabled pipeline shard i
 `krenalis worker` process, so that each gets a core. It owns the stream layout. Without
 KRENALIS_NATS_URL it starts the bundled nats-server; without a warehouse in the workspace file
 it starts an embedded PostgreSQL; both live in KRENALIS_DATA_DIR and stop with it.
-SIGHUP reloads the workspace file; SIGINT/SIGTERM stop gracefully.
+
+Every process follows the workspace stored in NATS (:mod:`krenalis.runtime.follow`); serve with
+its embedded NATS, or a process given a file, also applies that file when it changes or on
+SIGHUP. SIGINT/SIGTERM stop gracefully.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -18,27 +22,28 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nats.micro.service import Service
+
 from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
-from krenalis.errors import WorkspaceError
 from krenalis.runtime.children import Child
+from krenalis.runtime.follow import Follower
+from krenalis.runtime.service import register
 from krenalis.runtime.stream import StreamRuntime
 from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
-from krenalis.stream.layout import ensure_pipelines, remove_pipelines_except, restore_if_lost
+from krenalis.stream.connection import NatsConnection
+from krenalis.stream.layout import restore_if_lost
 from krenalis.worker.pool import Workers
-from krenalis.workspace.load import load_workspace
+from krenalis.worker.retire import Retirer
+from krenalis.workspace.load import load_workspace, parse_workspace
 from krenalis.workspace.model import Workspace
 from krenalis.workspace.starter import write_starter_workspace
+from krenalis.workspace.store import Revision, WorkspaceStore
 
 __all__ = ["init_warehouse", "run_collector", "run_worker", "serve"]
 
 log = logging.getLogger("krenalis")
-
-#: Seconds between routing the new workspace and removing the consumers of deleted pipelines.
-RELOAD_GRACE = 2.0
-#: Seconds between two checks of the workspace file for changes.
-WATCH_INTERVAL = 2.0
 
 
 @dataclass
@@ -46,14 +51,17 @@ class Roles:
     collector: bool = True
     workers: bool = True
     only_pipelines: set[str] = field(default_factory=set)
-    #: serve: create missing consumers and remove those of deleted pipelines.
+    #: serve: put the stream layout back when a server lost it (memory storage).
     manage_layout: bool = True
     #: serve: workers run in a child `krenalis worker` process, on the other core.
     worker_process: bool = False
 
 
 async def serve(settings: Settings) -> int:
-    write_starter_workspace(settings.workspace_path, settings.http_port)
+    if settings.embedded_nats:
+        # Zero setup: a first run gets a workspace file to edit. With a NATS of their own,
+        # people apply theirs (`krenalis workspace apply`): nothing is written for them.
+        write_starter_workspace(settings.workspace_path, settings.http_port)
     return await _run(settings, Roles(worker_process=True), "krenalis-serve")
 
 
@@ -68,28 +76,51 @@ async def run_worker(settings: Settings, pipelines: set[str]) -> int:
 
 async def init_warehouse(settings: Settings) -> int:
     """`krenalis init-db`: create the tables in the configured (or embedded) warehouse."""
-    workspace = _load(settings)
-    if workspace.warehouse is not None:
-        await init_db(workspace.warehouse.dsn)
-        print("Warehouse tables are ready.", file=sys.stderr)
+    dsn = await _configured_dsn(settings)
+    # quiet: the change is printed here, once, rather than also logged.
+    if dsn is not None:
+        change = await init_db(dsn, quiet=True)
+        print(f"Warehouse tables are ready: {change}.", file=sys.stderr)
         return 0
     with EmbeddedPostgres(settings.data_dir / "postgres") as postgres:
-        await init_db(postgres.dsn)
-    print(
-        f"Embedded warehouse tables are ready in {settings.data_dir / 'postgres'}.", file=sys.stderr
-    )
+        change = await init_db(postgres.dsn, quiet=True)
+    where = settings.data_dir / "postgres"
+    print(f"Embedded warehouse tables are ready in {where}: {change}.", file=sys.stderr)
     return 0
 
 
-def _load(settings: Settings) -> Workspace:
-    return load_workspace(settings.workspace_path)
+async def _configured_dsn(settings: Settings) -> str | None:
+    """KRENALIS_WAREHOUSE_DSN, else the workspace's warehouse: the local file's if there is
+    one, else the one stored in NATS (with a KRENALIS_NATS_URL); None: the embedded one."""
+    if settings.warehouse_dsn is not None:
+        return settings.warehouse_dsn.reveal()
+    if settings.workspace_path.exists():
+        workspace = load_workspace(settings.workspace_path)
+    elif settings.nats_urls:
+        workspace = await _stored_workspace(settings)
+    else:
+        return None
+    return workspace.warehouse.dsn if workspace and workspace.warehouse else None
+
+
+async def _stored_workspace(settings: Settings) -> Workspace | None:
+    conn = NatsConnection(settings, name="krenalis-init-db")
+    await conn.connect(timeout=10)
+    try:
+        revision = await (await WorkspaceStore(conn.js, settings).open()).current()
+    finally:
+        await conn.close()
+    return (
+        parse_workspace(revision.text, f"workspace revision {revision.number}")
+        if revision
+        else None
+    )
 
 
 async def _run(settings: Settings, roles: Roles, name: str) -> int:
-    workspace = _load(settings)
     process = _Process(settings, roles, name)
     try:
-        await process.start(workspace)
+        await process.start()
         if settings.child:
             log.info("Child process ready.", extra={"role": name})
         else:
@@ -104,25 +135,47 @@ class _Process:
     def __init__(self, settings: Settings, roles: Roles, name: str) -> None:
         self.settings = settings
         self.roles = roles
+        self.name = name
         self.runtime = StreamRuntime(settings, name=name)
         self.postgres: EmbeddedPostgres | None = None
         self.workers: Workers | None = None
         self.collector: Collector | None = None
         self.http: HTTPServer | None = None
         self.children: list[Child] = []
-        self.watcher: asyncio.Task[None] | None = None
-        self.reloading = asyncio.Lock()
-        self.applied_stamp = _file_stamp(settings.workspace_path)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.service: Service | None = None
+        self.follower: Follower | None = None
+        self.changing = asyncio.Lock()
         self.stop_event = asyncio.Event()
 
-    async def start(self, workspace: Workspace) -> None:
+    async def start(self) -> None:
+        local = self._local_file()
         conn = await self.runtime.start()
         self.settings = self.runtime.settings  # now holds the embedded server's URL, if any
-        self.workspace = workspace
+        store = await WorkspaceStore(conn.js, self.settings).open()
+        self.follower = Follower(conn.js, self.settings, store, local, self._use)
+        revision, workspace = await self.follower.start()
+        self.revision, self.workspace = revision, workspace
         if self.roles.manage_layout:
-            await self._ensure_consumers(workspace)
-            await remove_pipelines_except(conn.js, workspace.pipelines)
             conn.on_reconnect(self._restore_layout)
+        await self._start_roles(conn, workspace, revision)
+        self.service = await register(conn.nc, self._role(), self._state)
+        self._install_signals()
+        self.tasks.append(asyncio.create_task(self.follower.run(), name="workspace-follower"))
+        log.info("Workspace revision in use.", extra={"revision": revision.number})
+
+    def _local_file(self) -> Path | None:
+        """The workspace file this process applies: serve's own with its embedded NATS, or
+        one the operator named; a child of serve applies none (serve does)."""
+        if self.settings.child:
+            return None
+        if self.settings.workspace_named or (
+            self.roles.manage_layout and self.settings.embedded_nats
+        ):
+            return self.settings.workspace_path
+        return None
+
+    async def _start_roles(self, conn, workspace: Workspace, revision: Revision) -> None:
         if self.roles.worker_process:
             dsn = await self._warehouse(workspace, always=True)
             self._start_child("worker", KRENALIS_WAREHOUSE_DSN=dsn or "")
@@ -130,14 +183,27 @@ class _Process:
             dsn = await self._warehouse(workspace)
             self.workers = Workers(
                 conn.js, ack_wait=self.settings.nats_ack_wait, warehouse_dsn=dsn,
-                only=self.roles.only_pipelines or None,
-                create_consumers=not self.settings.child,
+                only=self.roles.only_pipelines or None, create_consumers=False,
             )  # fmt: skip
-            await self.workers.apply(workspace)
+            await self.workers.apply(workspace, revision.retired)
+            retirer = Retirer(conn.nc, conn.js, self.follower.store)  # type: ignore[union-attr]
+            self.tasks.append(asyncio.create_task(retirer.run(), name="retirer"))
         if self.roles.collector:
-            await self._start_collector(conn, workspace)
-        self._install_signals()
-        self.watcher = asyncio.create_task(self._watch_workspace(), name="workspace-watcher")
+            await self._start_collector(conn, workspace, revision)
+
+    def _role(self) -> str:
+        if self.roles.manage_layout:
+            return "serve"
+        return "collector" if self.roles.collector else "worker"
+
+    def _state(self) -> tuple[int, list[str]]:
+        """What this process runs now, for the service registry (and so for `status`)."""
+        if self.collector is not None:
+            revision = self.collector.routing_revision
+        else:
+            revision = self.revision.number
+        pipelines = self.workers.pipelines() if self.workers is not None else []
+        return revision, pipelines
 
     async def _warehouse(self, workspace: Workspace, always: bool = False) -> str | None:
         """The warehouse DSN: KRENALIS_WAREHOUSE_DSN, the file's, or an embedded PostgreSQL
@@ -157,13 +223,8 @@ class _Process:
         await init_db(dsn)
         return dsn
 
-    async def _ensure_consumers(self, workspace: Workspace) -> None:
-        """A consumer for every pipeline shard of the file (disabled ones keep theirs)."""
-        js = self.runtime.conn.js  # type: ignore[union-attr]
-        await ensure_pipelines(js, _shards(workspace), self.settings.nats_ack_wait)
-
-    async def _start_collector(self, conn, workspace: Workspace) -> None:
-        self.collector = Collector(conn, workspace)
+    async def _start_collector(self, conn, workspace: Workspace, revision: Revision) -> None:
+        self.collector = Collector(conn, workspace, revision.number)
         sock = listening_socket(self.settings.http_host, self.settings.http_port)
         self.http = HTTPServer(self.collector, sock)
         await self.http.start()
@@ -184,65 +245,50 @@ class _Process:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop_event.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._sighup()))
 
-    async def reload(self) -> None:
-        """Apply a changed workspace file. The order matters: consumers exist before the
-        collector routes to them, and a removed pipeline's consumer goes only once no
-        collector of this process routes to it any more."""
-        async with self.reloading:  # a SIGHUP and a file change may come together
-            self.applied_stamp = _file_stamp(self.settings.workspace_path)
-            try:
-                workspace = _load(self.settings)
-            except WorkspaceError as exc:
-                log.error(
-                    "Workspace not reloaded; keeping the previous one.", extra={"error": str(exc)}
-                )
-                return
-            await self._apply(workspace)
+    async def _sighup(self) -> None:
+        """SIGHUP: apply the local file now (if this process has one), else read NATS now."""
+        assert self.follower is not None
+        if self.follower.local is not None:
+            await self.follower.apply_local("SIGHUP")
+        await self.follower.step()
+
+    async def _use(self, revision: Revision, workspace: Workspace) -> None:
+        """A new revision: route by it, and run the workers it asks for."""
+        async with self.changing:
+            self.revision, self.workspace = revision, workspace
+            if self.collector is not None:
+                self.collector.set_workspace(workspace, revision.number)
+            if self.workers is not None:
+                if self.workers.warehouse_dsn is None:
+                    self.workers.warehouse_dsn = await self._warehouse(workspace)
+                await self.workers.apply(workspace, revision.retired)
+        log.info(
+            "Workspace revision in use.",
+            extra={"revision": revision.number, "pipelines": len(workspace.enabled_pipelines())},
+        )
 
     async def _restore_layout(self) -> None:
-        """After a reconnection: a server that came back without EVENTS (memory storage, or a
-        stream deleted by hand) gets it and the consumers back."""
-        async with self.reloading:
+        """After a reconnection: a server that came back without its state (memory storage, a
+        stream deleted by hand) gets EVENTS, the consumers and the workspace revision back."""
+        assert self.follower is not None
+        async with self.changing:
             js = self.runtime.conn.js  # type: ignore[union-attr]
-            await restore_if_lost(js, self.settings, _shards(self.workspace))
-
-    async def _apply(self, workspace: Workspace) -> None:
-        self.workspace = workspace
-        if self.roles.manage_layout:
-            await self._ensure_consumers(workspace)
-        if self.collector is not None:
-            self.collector.set_workspace(workspace)
-        for child in self.children:
-            child.signal(signal.SIGHUP)
-        if self.workers is not None:
-            if self.workers.warehouse_dsn is None:
-                self.workers.warehouse_dsn = await self._warehouse(workspace)
-            await self.workers.apply(workspace)
-        if self.roles.manage_layout:
-            # Requests routed with the old workspace, and child collectors still reloading,
-            # may publish to a removed pipeline for a moment: let them finish first.
-            await asyncio.sleep(RELOAD_GRACE)
-            await remove_pipelines_except(self.runtime.conn.js, workspace.pipelines)  # type: ignore[union-attr]
-        log.info("Workspace reloaded.", extra={"pipelines": len(workspace.enabled_pipelines())})
-
-    async def _watch_workspace(self) -> None:
-        """Reload when the workspace file changes, as SIGHUP does (checked every 2 s)."""
-        path = self.settings.workspace_path
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            if _file_stamp(path) != self.applied_stamp and not self.reloading.locked():
-                log.info("Workspace file changed; reloading.", extra={"path": str(path)})
-                await self.reload()
+            shards = _shards(self.workspace, self.revision)
+            if await restore_if_lost(js, self.settings, shards):
+                await self.follower.store.restore(self.revision)
 
     async def wait(self) -> None:
         await self.stop_event.wait()
         log.info("Stopping.")
 
     async def stop(self) -> None:
-        if self.watcher is not None:
-            self.watcher.cancel()
+        for task in self.tasks:
+            task.cancel()
+        if self.service is not None:
+            with contextlib.suppress(Exception):
+                await self.service.stop()
         if self.http is not None:
             await self.http.stop()
         await asyncio.gather(*(child.stop() for child in self.children))
@@ -253,14 +299,11 @@ class _Process:
             await asyncio.to_thread(self.postgres.stop)
 
 
-def _file_stamp(path: Path) -> tuple[float, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return (stat.st_mtime, stat.st_size)
-
-
-def _shards(workspace: Workspace) -> dict[str, int]:
-    """Pipeline id -> shard count, for every pipeline (disabled ones keep their consumers)."""
-    return {p.id: p.shards for p in workspace.pipelines.values()}
+def _shards(workspace: Workspace, revision: Revision) -> dict[str, int]:
+    """Pipeline id -> shards with a consumer: every pipeline's (disabled ones keep theirs), and
+    the retiring ones'."""
+    shards = {p.id: p.shards for p in workspace.pipelines.values()}
+    for retirement in revision.retired:
+        count = max(retirement.shards) + 1
+        shards[retirement.pipeline] = max(shards.get(retirement.pipeline, 0), count)
+    return shards

@@ -3,9 +3,15 @@
 Every request is a JSON ``POST`` with these headers:
 
 - ``Content-Type: application/json`` and ``User-Agent: krenalis-events/<version>``.
-- ``Idempotency-Key``: the event's ``messageId``; in batch mode a SHA-256 (hex) of the
-  newline-joined ``messageId`` values, which are also in the body. Receivers deduplicate with it:
-  delivery is at-least-once, so the same event may arrive twice.
+- ``Idempotency-Key``: ``<connectionId>:<messageId>``, the event's source and its messageId.
+  Receivers deduplicate with it: delivery is at-least-once, so the same event may arrive twice.
+  The source is part of the key because each source chooses its messageIds (browser write keys
+  are public), so two sources may send the same one; the connectionId is set by the collector,
+  never by the client, and holds no ``:``, so the key splits at its first ``:``. Characters a
+  header cannot carry (anything but visible ASCII) and ``%`` are percent-encoded (UTF-8), so
+  ``urllib.parse.unquote`` gives the messageId back; ordinary ids (UUIDs) are sent as they are.
+  In batch mode the key is the SHA-256 (hex) of the newline-joined keys of the events in the
+  body, in their order.
 - ``X-Krenalis-Signature: t=<unix seconds>,v1=<hex>`` when the sink has a secret, where
   ``<hex> = HMAC-SHA256(secret, f"{t}.".encode() + raw_body)``. To verify, a receiver recomputes
   the HMAC over the raw request body exactly as received, compares it in constant time with any
@@ -32,6 +38,7 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -58,6 +65,8 @@ BLOCKED_REASON = "an earlier event of this user is not delivered yet"
 # Enough of a response body to explain a rejection, without holding a huge body in memory.
 BODY_PREFIX_BYTES = 4096
 REASON_BODY_CHARS = 200
+# What an Idempotency-Key carries as is: visible ASCII but "%", which starts an escape.
+_KEY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
 
 # --- Signatures -------------------------------------------------------------------------------
@@ -256,7 +265,7 @@ class WebhookSink:
     async def _send_batch(self, events: list[Event]) -> list[Outcome]:
         rejected: dict[int, Outcome] = {}
         parts: list[bytes] = []
-        ids: list[str] = []
+        keys: list[str] = []
         for i, event in enumerate(events):
             try:
                 parts.append(_encode(event))
@@ -264,11 +273,11 @@ class WebhookSink:
                 # One unencodable event must not send the whole batch to the dead letters.
                 rejected[i] = Rejected(f"the event cannot be encoded as JSON: {exc}")
                 continue
-            ids.append(str(event.get("messageId", "")))
+            keys.append(_idempotency_key(event) or "")
         sent: Outcome = DELIVERED  # only used when something was sent
         if parts:
             body = b'{"batch":[' + b",".join(parts) + b"]}"
-            sent = await self._post(body, hashlib.sha256("\n".join(ids).encode()).hexdigest())
+            sent = await self._post(body, _batch_key(keys))
         return [rejected.get(i, sent) for i in range(len(events))]
 
     # -- one request --
@@ -320,7 +329,6 @@ class _TokenBucket:
 # --- Helpers ----------------------------------------------------------------------------------
 
 
-
 def _target(url: httpx.URL) -> str:
     """Name the endpoint in logs and reasons: host, port and path, never query or userinfo."""
     port = f":{url.port}" if url.port else ""
@@ -349,8 +357,18 @@ def _encode(payload: Any) -> bytes:
 
 
 def _idempotency_key(event: Event) -> str | None:
+    """``<connectionId>:<messageId>``, percent-encoded where a header needs it; None without
+    a messageId (the request then carries no key)."""
     message_id = event.get("messageId")
-    return str(message_id) if message_id else None
+    if not message_id:
+        return None
+    source = event.get("connectionId") or ""
+    return quote(f"{source}:{message_id}", safe=_KEY_SAFE)
+
+
+def _batch_key(keys: list[str]) -> str:
+    """The key of a batch: SHA-256 of its events' keys, which hold no newline once encoded."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
 async def _read_prefix(response: httpx.Response) -> str:

@@ -7,21 +7,33 @@ what was not settled is handed back with a nak so another worker gets it at once
 
 On a limits-retention EVENTS stream (the default) acked and termed messages are then removed in
 bulk by a Pruner (see pruning.py); on a WorkQueue stream each ack removes its message.
+
+Generations. A consumer can be made again under the same name: a memory-storage server restarts
+empty and `serve` restores the layout, or an operator deletes and recreates it. An ack names the
+consumer and the stream sequence only, so an ack from before would settle whatever the new
+consumer holds at that sequence. Each delivery therefore carries the generation of the consumer
+that delivered it (the consumer's `created` time), and a settle of an older generation than the
+consumer's current one sends nothing. The generation is read with the consumer's state: twice a
+second while anything is held or settled (the read the pruner needs anyway), before a fetch after
+a reconnection or a failed fetch, and before heartbeats and dead letters after a reconnection.
+Between a reconnection and that read, settles wait in memory: they go out once the consumer is
+known to be the same one, and are dropped if it is not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
-from nats.errors import MsgAlreadyAckdError, NoRespondersError
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy
-from nats.js.errors import ServiceUnavailableError
+from nats.js.api import ConsumerInfo, RetentionPolicy
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer, subject
 from krenalis.stream.pruning import Pruner
@@ -31,17 +43,32 @@ __all__ = ["Delivery", "PipelineConsumer"]
 log = logging.getLogger("krenalis.stream")
 
 HEARTBEATS_PER_ACK_WAIT = 3
+#: Seconds between two reads of the consumer's state while something is held or settled.
+WATCH_INTERVAL = 0.5
+#: Seconds a read of the consumer's state may take: during a cluster election it gets no answer,
+#: and fetching and settling wait for it after a reconnection (JetStream's default is 5 s).
+READ_TIMEOUT = 2.0
+
+ACK = b"+ACK"
+NAK = b"-NAK"
+PROGRESS = b"+WPI"
+TERM = b"+TERM"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Delivery:
     """One fetched message; settle it exactly once with ack(), nak() or term()."""
 
-    __slots__ = ("msg", "_consumer", "settled")
+    __slots__ = ("msg", "_consumer", "settled", "generation")
 
-    def __init__(self, msg: Msg, consumer: PipelineConsumer) -> None:
+    def __init__(self, msg: Msg, consumer: PipelineConsumer, generation: datetime) -> None:
         self.msg = msg
         self._consumer = consumer
         self.settled = False
+        #: When the consumer that delivered this message was created.
+        self.generation = generation
 
     @property
     def data(self) -> bytes:
@@ -64,28 +91,42 @@ class Delivery:
         """When the message entered the stream (the start of its retry window)."""
         return self.msg.metadata.timestamp
 
+    @property
+    def stale(self) -> bool:
+        """Whether the consumer was made again (or is gone) since this message was delivered:
+        settling it would settle another message, so nothing is sent for it."""
+        return self.generation != self._consumer.generation
+
+    @property
+    def generation_id(self) -> str:
+        """The generation as a short token (microseconds since 1970 of the consumer's creation),
+        for ids derived from the stream sequence, which starts again in a new generation."""
+        return str((self.generation - _EPOCH) // _MICROSECOND)
+
     async def ack(self) -> None:
         if self._settle(done=True):
-            await self.msg.ack()
+            await self._consumer._send(self, ACK)
 
     async def nak(self, delay: float | None = None) -> None:
         if self._settle(done=False):
-            await self.msg.nak(delay=delay)
+            payload = NAK
+            if delay:  # as nats-py's nak(delay) writes it
+                payload += b" " + json.dumps({"delay": int(delay * 1e9)}).encode()
+            await self._consumer._send(self, payload)
 
     async def term(self, reason: str = "") -> None:
         """Never redeliver; the message is removed like an acked one."""
         if self._settle(done=True):
-            # nats-py's term() takes no reason; the server accepts "+TERM <reason>" (2.10+).
-            payload = b"+TERM " + reason.encode()[:512] if reason else b"+TERM"
-            await self.msg._client.publish(self.msg.reply, payload)
-            self.msg._ackd = True
+            # The server accepts "+TERM <reason>" (2.10+); nats-py's term() takes no reason.
+            payload = TERM + b" " + reason.encode()[:512] if reason else TERM
+            await self._consumer._send(self, payload)
 
     def _settle(self, done: bool) -> bool:
+        """Mark the delivery settled; True if the settle is to be sent."""
         if self.settled:
             return False
         self.settled = True
-        self._consumer._untrack(self, done)
-        return True
+        return self._consumer._untrack(self, done)
 
 
 def _stream_seq(reply: str) -> int:
@@ -104,6 +145,9 @@ class PipelineConsumer:
         self, js: JetStreamContext, pipeline: str, shard: int = 0, *, ack_wait: float = 30.0
     ) -> None:
         self.js = js
+        # Settles are published on the client directly, and its reconnection count tells
+        # whether the server may have changed since the generation was last read.
+        self._nc = js._nc
         self.pipeline = pipeline
         self.shard = shard
         self.ack_wait = ack_wait
@@ -111,25 +155,37 @@ class PipelineConsumer:
         self._sub = None
         self._tracked: dict[int, Delivery] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._closing = False
-        self._last_heartbeat_error = ""
+        self._last_error = ""
         self._leaderless = False
         self.pruner: Pruner | None = None
-        self._pruning: asyncio.Task[None] | None = None
+        #: When the consumer this process is bound to was created; None while it does not exist.
+        self.generation: datetime | None = None
+        #: The client's reconnection count when the generation was last read (None: read again).
+        self._confirmed_at: int | None = None
+        #: Settles made while the generation was not confirmed: sent once it is, if unchanged.
+        self._deferred: list[tuple[Delivery, bytes]] = []
+        #: One read of the consumer's state at a time, so an older answer never wins.
+        self._reading = asyncio.Lock()
 
     async def start(self, create: bool = True) -> None:
         """Create (or update) the durable consumer and bind to it; with create=False, bind only
         (NotFoundError if it is gone: a removed pipeline must not get its consumer back)."""
         if create:
             await ensure_consumer(self.js, self.pipeline, self.shard, self.ack_wait)
-        else:
-            await self.js.consumer_info(STREAM, self.name)
+        reconnects = self._reconnects()
+        info = await self.js.consumer_info(STREAM, self.name)
+        self.generation = info.created
+        self._confirmed_at = reconnects
         self._sub = await self.js.pull_subscribe_bind(self.name, stream=STREAM)
         self._heartbeat = asyncio.create_task(self._heartbeats(), name=f"heartbeat-{self.name}")
         stream = await self.js.stream_info(STREAM)
         if stream.config.retention == RetentionPolicy.LIMITS:
-            self.pruner = Pruner(self.js, self.name, subject(self.pipeline, self.shard))
-            self._pruning = asyncio.create_task(self.pruner.run(), name=f"prune-{self.name}")
+            self.pruner = Pruner(
+                self.js, self.name, subject(self.pipeline, self.shard), created=self.generation
+            )
+        self._watch_task = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
 
     @property
     def in_flight(self) -> int:
@@ -140,13 +196,21 @@ class PipelineConsumer:
         """Up to `batch` messages, waiting at most `timeout`; [] when none came or closing."""
         if self._closing or self._sub is None:
             return []
+        # After a reconnection or a failed fetch, learn which consumer answers before fetching:
+        # a delivery must carry the generation of the consumer that made it.
+        if not self._confirmed() and await self._look() is None:
+            await asyncio.sleep(timeout)
+            return []
+        generation = self.generation
         try:
             msgs = await self._sub.fetch(batch, timeout=timeout)
         except (TimeoutError, NatsTimeoutError):
             return []
         except (ServiceUnavailableError, NoRespondersError):
-            # No leader for this consumer right now (a cluster node died, an election runs):
-            # fetch again later. What this worker holds stays held, heartbeats go on.
+            # No leader for this consumer right now (a cluster node died, an election runs), or
+            # no consumer at all: fetch again later, after reading its state. What this worker
+            # holds stays held, heartbeats go on once the consumer is confirmed.
+            self._confirmed_at = None
             if not self._leaderless:
                 self._leaderless = True
                 log.warning("The consumer has no leader; retrying.", extra={"consumer": self.name})
@@ -155,7 +219,11 @@ class PipelineConsumer:
         if self._leaderless:
             self._leaderless = False
             log.info("The consumer has a leader again.", extra={"consumer": self.name})
-        deliveries = [Delivery(m, self) for m in msgs]
+        if generation != self.generation:
+            # Made again while fetching: these may be the old consumer's. Unacked, they are
+            # redelivered by the new one after AckWait.
+            return []
+        deliveries = [Delivery(m, self, generation) for m in msgs]
         for d in deliveries:
             self._tracked[id(d)] = d
         if self._closing:  # closed while fetching: hand them back at once
@@ -163,43 +231,156 @@ class PipelineConsumer:
             return []
         return deliveries
 
-    def _untrack(self, delivery: Delivery, done: bool = False) -> None:
+    async def still_current(self, delivery: Delivery) -> bool:
+        """Whether `delivery` belongs to the consumer as it is now, reading the consumer's state
+        first after an unchecked reconnection (for what is published outside the consumer, such
+        as dead letters, which cannot wait like settles do)."""
+        if not delivery.stale and not self._confirmed():
+            await self._look()
+        return not delivery.stale
+
+    def _untrack(self, delivery: Delivery, done: bool = False) -> bool:
+        """Forget a settled delivery; True if it is of the current generation (send the settle)."""
         self._tracked.pop(id(delivery), None)
+        if delivery.generation != self.generation:
+            return False
         if done and self.pruner is not None:
             self.pruner.settled(delivery.stream_seq)
+        return True
+
+    def _confirmed(self) -> bool:
+        """Connected, and no reconnection since the generation was last read."""
+        return self._nc.is_connected and self._nc.stats["reconnects"] == self._confirmed_at
+
+    def _reconnects(self) -> int:
+        return self._nc.stats["reconnects"]
+
+    async def _send(self, delivery: Delivery, payload: bytes) -> None:
+        if self._confirmed():
+            await self._nc.publish(delivery.msg.reply, payload)
+        else:  # the server may have a new consumer of this name: wait until we know
+            self._deferred.append((delivery, payload))
+
+    async def _send_deferred(self) -> None:
+        sends, self._deferred = self._deferred, []
+        for delivery, payload in sends:
+            if not delivery.stale:
+                with contextlib.suppress(Exception):  # closed meanwhile: AckWait redelivers
+                    await self._nc.publish(delivery.msg.reply, payload)
+
+    async def _look(self) -> ConsumerInfo | None:
+        """Read the consumer's state and follow its generation; None when it does not exist or
+        NATS does not answer (logged once per reason)."""
+        if not self._nc.is_connected:
+            return None
+        try:
+            info = await self._read_state()
+        except Exception as exc:
+            self._warn_once("Cannot read the consumer's state; retrying.", exc)
+            return None
+        self._last_error = ""
+        if info is not None and self._confirmed():
+            await self._send_deferred()
+        return info
+
+    async def _read_state(self) -> ConsumerInfo | None:
+        async with self._reading:
+            reconnects = self._reconnects()
+            try:
+                info = await self.js.consumer_info(STREAM, self.name, timeout=READ_TIMEOUT)
+            except NotFoundError:
+                self._gone()
+                return None
+            self._follow(info.created)
+            if self._reconnects() == reconnects:  # else this may be the server from before
+                self._confirmed_at = reconnects
+            return info
+
+    def _follow(self, created: datetime) -> None:
+        """Adopt the consumer's generation; what was delivered by an older one is dropped."""
+        if created == self.generation:
+            return
+        dropped = self._drop_all()
+        self.generation = created
+        if self.pruner is not None:
+            self.pruner.forget(created)  # never delete by an old generation's sequences
+        log.warning(
+            "The consumer was made again: what was fetched from the old one is dropped.",
+            extra={"consumer": self.name, "created": created.isoformat(), "dropped": dropped},
+        )
+
+    def _gone(self) -> None:
+        """The consumer does not exist: what it delivered can no longer be settled."""
+        self._confirmed_at = None
+        if self.generation is None:
+            return
+        dropped = self._drop_all()
+        self.generation = None
+        if self.pruner is not None:
+            self.pruner.forget(None)
+        log.warning(
+            "The consumer does not exist; waiting for it.",
+            extra={"consumer": self.name, "dropped": dropped},
+        )
+
+    def _drop_all(self) -> int:
+        """Forget every tracked delivery and deferred settle, sending nothing: their messages
+        are gone with the old stream, or the new consumer delivers them again."""
+        dropped = len(self._tracked)
+        for delivery in self._tracked.values():
+            delivery.settled = True
+        self._tracked.clear()
+        self._deferred.clear()
+        return dropped
+
+    async def _watch(self) -> None:
+        """Read the consumer's state every WATCH_INTERVAL while something is held or settled:
+        to notice a consumer made again, and to prune what was settled (one read for both)."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            pruning = self.pruner is not None and self.pruner.dirty
+            if not (pruning or self._tracked or self._deferred):
+                continue
+            info = await self._look()
+            if info is not None and pruning and self.pruner is not None:
+                await self.pruner.prune_logged(info)
 
     async def _heartbeats(self) -> None:
         interval = self.ack_wait / HEARTBEATS_PER_ACK_WAIT
         while True:
             await asyncio.sleep(interval)
+            if self._tracked and not self._confirmed():
+                await self._look()
             for delivery in list(self._tracked.values()):
                 await self._beat(delivery)
 
     async def _beat(self, delivery: Delivery) -> None:
-        if delivery.settled:
+        if delivery.settled or delivery.stale or not self._confirmed():
             return
         try:
-            await delivery.msg.in_progress()
-        except MsgAlreadyAckdError:
-            self._untrack(delivery)
+            await self._nc.publish(delivery.msg.reply, PROGRESS)
         except Exception as exc:  # a disconnect: the next beat retries; AckWait is 3 beats long
-            text = str(exc) or type(exc).__name__
-            if text != self._last_heartbeat_error:
-                self._last_heartbeat_error = text
-                log.warning(
-                    "Cannot notify NATS that a message is still being processed.",
-                    extra={"consumer": self.name, "error": text},
-                )
+            self._warn_once("Cannot notify NATS that a message is still being processed.", exc)
+
+    def _warn_once(self, message: str, exc: BaseException) -> None:
+        text = str(exc) or type(exc).__name__
+        if text != self._last_error:
+            self._last_error = text
+            log.warning(message, extra={"consumer": self.name, "error": text})
 
     async def close(self) -> None:
         """Stop fetching and heartbeats, and nak what was not settled so it is redelivered now."""
         self._closing = True
-        for task in (self._heartbeat, self._pruning):
+        for task in (self._heartbeat, self._watch_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self.pruner is not None:
+        if (self._deferred or self._tracked) and not self._confirmed():
+            # Settles made since a reconnection go out if the consumer is still the same one.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._look(), 2.0)
+        if self.pruner is not None and self.generation is not None:
             # Remove what was acked last, unless NATS is away. Before the naks: a purge drops the
             # consumer's queued redeliveries (they would wait for AckWait instead).
             with contextlib.suppress(TimeoutError):

@@ -4,6 +4,11 @@ A dead letter is the event's message bytes on `dlq.v1.<pipeline>` with headers s
 after how many attempts and since when. It is stored (PubAck) before the event is removed
 from EVENTS, so a crash in between leaves a duplicate at worst, never a loss; the same
 `Nats-Msg-Id` makes the second copy a duplicate the stream drops.
+
+That id is `dlq/<pipeline>/<shard>/<generation>/<stream sequence>`: a consumer made again (a
+memory-storage server restarted empty, a consumer recreated by hand) delivers new messages under
+sequences already used, and without its generation a new dead letter would be taken for an old
+one still in the duplicate window and dropped.
 """
 
 from __future__ import annotations
@@ -56,15 +61,17 @@ async def dead_letter(
     attempts: int,
     first_attempt: datetime,
     stream_seq: int,
+    generation: str,
 ) -> None:
-    """Store one dead letter (awaiting its PubAck)."""
+    """Store one dead letter (awaiting its PubAck); `generation` is the consumer's that
+    delivered the event (`Delivery.generation_id`), `stream_seq` the event's sequence."""
     headers = {
         H_PIPELINE: pipeline,
         H_SHARD: str(shard),
         H_REASON: reason.replace("\r", " ").replace("\n", " ")[:1000],
         H_ATTEMPTS: str(attempts),
         H_FIRST: first_attempt.isoformat(),
-        "Nats-Msg-Id": f"dlq/{pipeline}/{shard}/{stream_seq}",
+        "Nats-Msg-Id": f"dlq/{pipeline}/{shard}/{generation}/{stream_seq}",
     }
     await js.publish(dlq_subject(pipeline), data, headers=headers, timeout=10)
 

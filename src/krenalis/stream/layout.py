@@ -50,7 +50,6 @@ __all__ = [
     "ensure_streams",
     "list_pipeline_consumers",
     "remove_pipeline",
-    "remove_pipelines_except",
     "restore_if_lost",
     "stream_config",
     "subject",
@@ -170,9 +169,7 @@ def _unavailable_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def ensure_consumer(
-    js: JetStreamContext, pipeline: str, shard: int, ack_wait: float
-) -> None:
+async def ensure_consumer(js: JetStreamContext, pipeline: str, shard: int, ack_wait: float) -> None:
     """Create the pipeline shard's durable consumer, or update its settings (idempotent)."""
     await js.add_consumer(
         STREAM,
@@ -211,38 +208,37 @@ async def _consumers(js: JetStreamContext) -> list[ConsumerInfo]:
             return found
 
 
-async def remove_pipeline(js: JetStreamContext, pipeline: str) -> int:
-    """Delete every consumer of a pipeline that no longer exists and discard its messages.
+async def remove_pipeline(
+    js: JetStreamContext, pipeline: str, shards: Collection[int] | None = None
+) -> int:
+    """Delete the consumers of these shards of a pipeline (default: all it has) and purge
+    their subjects. Only a retirement calls it, once nothing pending is left (see
+    krenalis.worker.retire): what it purges are copies already processed and not pruned yet.
 
-    Returns how many messages were discarded.
+    Returns how many messages were purged.
     """
-    shards = (await list_pipeline_consumers(js)).get(pipeline, set())
+    if shards is None:
+        shards = (await list_pipeline_consumers(js)).get(pipeline, set())
+    before = (await js.stream_info(STREAM)).state.messages
     for shard in shards:
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(STREAM, consumer_name(pipeline, shard))
-    before = (await js.stream_info(STREAM)).state.messages
-    await js.purge_stream(STREAM, subject=f"{SUBJECT_PREFIX}.{pipeline}.>")
-    discarded = before - (await js.stream_info(STREAM)).state.messages
+        await js.purge_stream(STREAM, subject=subject(pipeline, shard))
+    purged = before - (await js.stream_info(STREAM)).state.messages
     log.info(
-        "Removed pipeline consumers and discarded pending events.",
-        extra={"pipeline": pipeline, "shards": sorted(shards), "discarded": discarded},
+        "Removed the consumers of a retired pipeline.",
+        extra={"pipeline": pipeline, "shards": sorted(shards), "purged": purged},
     )
-    return discarded
+    return purged
 
 
-async def ensure_pipelines(js: JetStreamContext, shards: Mapping[str, int], ack_wait: float) -> None:
+async def ensure_pipelines(
+    js: JetStreamContext, shards: Mapping[str, int], ack_wait: float
+) -> None:
     """A consumer for every shard of every pipeline in `shards` (pipeline id -> shard count)."""
     for pipeline, count in shards.items():
         for shard in range(count):
             await ensure_consumer(js, pipeline, shard, ack_wait)
-
-
-async def remove_pipelines_except(js: JetStreamContext, keep: Collection[str]) -> None:
-    """Pipelines that have consumers on EVENTS but are not in `keep` lose them and their
-    pending events."""
-    for pipeline in await list_pipeline_consumers(js):
-        if pipeline not in keep:
-            await remove_pipeline(js, pipeline)
 
 
 async def restore_if_lost(

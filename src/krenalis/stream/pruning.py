@@ -14,6 +14,11 @@ floor, so a retry that lasts hours does not keep hours of processed events on di
 
 An EVENTS stream created with WorkQueue retention (by an earlier version, or by Krenalis's Go
 implementation) cannot be changed to limits retention; there acks delete, and nothing here runs.
+
+The consumer (consumer.py) drives the pruner: the read of the consumer's state that tells it
+whether the consumer was made again is also the one the pruner works from. A consumer made again
+starts over, and the sequences remembered from before are forgotten (`forget`): deleting by them
+would delete another pipeline's messages, or the new ones that took the same sequences.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import datetime
 
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
 from krenalis.stream.layout import STREAM
@@ -32,7 +39,6 @@ __all__ = ["Pruner"]
 
 log = logging.getLogger("krenalis.stream")
 
-INTERVAL = 0.5
 STRAGGLER_AFTER = 5.0
 #: Individual deletes in flight at once.
 DELETE_WINDOW = 64
@@ -41,7 +47,9 @@ DELETE_WINDOW = 64
 class Pruner:
     """Purges one consumer's subject up to the consumer's ack floor, and deletes stragglers."""
 
-    def __init__(self, js: JetStreamContext, consumer: str, subject: str) -> None:
+    def __init__(
+        self, js: JetStreamContext, consumer: str, subject: str, created: datetime | None = None
+    ) -> None:
         self.js = js
         self.consumer = consumer
         self.subject = subject
@@ -53,25 +61,30 @@ class Pruner:
         self._straggling = False
         #: When the consumer was created: a consumer made again (a memory-storage server that
         #: restarted empty) starts over at sequence 1, and what we remember means nothing there.
-        self._consumer_created: object = None
+        self._consumer_created = created
+
+    @property
+    def dirty(self) -> bool:
+        """Whether something was settled (or left above the floor) since the last prune."""
+        return self._dirty
 
     def settled(self, seq: int) -> None:
         """A message was acked or termed: it may go once the ack floor passes it."""
         self._settled.append((time.monotonic(), seq))
         self._dirty = True
 
-    async def run(self) -> None:
-        """Prune every INTERVAL while something was settled; until cancelled."""
-        while True:
-            await asyncio.sleep(INTERVAL)
-            if self._dirty:
-                await self.prune_logged()
+    def forget(self, created: datetime | None) -> None:
+        """The consumer was made again at `created` (None: it is gone): the sequences of the old
+        one mean nothing now."""
+        self.floor, self._settled, self._dirty = 0, [], False
+        self._consumer_created = created
 
-    async def prune_logged(self) -> None:
+    async def prune_logged(self, info: ConsumerInfo | None = None) -> None:
         """prune(), with a failure logged once (NATS down, an election): retried next round."""
         try:
-            await self.prune()
+            await self.prune(info)
         except Exception as exc:
+            self._dirty = True
             text = str(exc) or type(exc).__name__
             if text != self._last_error:
                 self._last_error = text
@@ -92,13 +105,15 @@ class Pruner:
                 return
             await asyncio.sleep(0.05)
 
-    async def prune(self) -> int:
-        """Remove settled messages; return how many of this process's settled ones went."""
+    async def prune(self, info: ConsumerInfo | None = None) -> int:
+        """Remove settled messages, from `info` (the consumer's state, read now if not given);
+        return how many of this process's settled ones went."""
         self._dirty = False
-        info = await self.js.consumer_info(STREAM, self.consumer)
+        if info is None:
+            info = await self.js.consumer_info(STREAM, self.consumer)
         if self._consumer_created != info.created:
             if self._consumer_created is not None:
-                self.floor, self._settled = 0, []  # never delete by an old stream's sequences
+                self.forget(info.created)  # never delete by an old stream's sequences
             self._consumer_created = info.created
         floor = info.ack_floor.stream_seq or 0
         if floor > self.floor:

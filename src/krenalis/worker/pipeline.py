@@ -10,6 +10,10 @@ NATS acknowledgements:
 
 Per-user order: once an event of a user waits for a retry, that user's later events wait behind
 it, so a destination never sees a user's events out of order. Other users are not held up.
+
+When the consumer turns out to have been made again (see consumer.py), the events fetched from
+the old one are dropped without a word to NATS: the new consumer delivers them again, or they
+went with the old stream.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ log = logging.getLogger("krenalis.worker")
 
 #: Seconds the start-up check of a sink may take (it never holds the worker up for longer).
 SINK_CHECK_TIMEOUT = 5.0
-
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class PipelineWorker:
         #: Set by the fetcher when it added events (or failed): the writer looks again.
         self._arrived = asyncio.Event()
         self._fetch_error: BaseException | None = None
+        #: The consumer generation the held events were checked against.
+        self._generation: datetime | None = None
 
     async def run(self) -> None:
         if self._stopping.is_set():  # stopped before it ran: do not (re)create the consumer
@@ -158,6 +163,8 @@ class PipelineWorker:
         (from the fetcher) or for the next retry to be due."""
         if self._fetch_error is not None:
             raise self._fetch_error
+        if self.consumer.generation != self._generation:
+            self._drop_stale()
         self._arrived.clear()  # before looking: an arrival from now on wakes the wait below
         batch = self._due_batch()
         if batch:
@@ -167,6 +174,12 @@ class PipelineWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), self._wait_for_next_due())
         metrics.IN_FLIGHT.labels(self.pipeline).set(len(self.held))
+
+    def _drop_stale(self) -> None:
+        """Forget the events an older consumer generation delivered (the consumer has already
+        stopped tracking them, and sends nothing for them)."""
+        self._generation = self.consumer.generation
+        self.held = [h for h in self.held if not h.delivery.stale]
 
     async def _fetch_loop(self) -> None:
         """Keep up to max_held events fetched, until stopped; a failure goes to step()."""
@@ -274,6 +287,8 @@ class PipelineWorker:
 
     async def _dead_letter(self, held: _Held, reason: str) -> None:
         delivery = held.delivery
+        if not await self.consumer.still_current(delivery):
+            return  # an older generation's: redelivered by the new consumer, or gone
         await dead_letter(
             self.js,
             pipeline=self.pipeline,
@@ -283,6 +298,7 @@ class PipelineWorker:
             attempts=max(held.attempts, 1),
             first_attempt=delivery.stored_at,
             stream_seq=delivery.stream_seq,
+            generation=delivery.generation_id,
         )
         await delivery.term(reason)
         metrics.DEAD_LETTERED.labels(self.pipeline).inc()

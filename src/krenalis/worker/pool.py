@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -15,7 +17,10 @@ from krenalis.backoff import Backoff
 from krenalis.sinks.base import Sink
 from krenalis.sinks.warehouse import WarehouseSink
 from krenalis.worker.pipeline import PipelineWorker, WorkerSettings
-from krenalis.workspace.model import Pipeline, Workspace
+from krenalis.worker.retire import DiscardSink
+from krenalis.workspace.load import parse_workspace
+from krenalis.workspace.model import Destination, Pipeline, Workspace
+from krenalis.workspace.store import Retirement
 
 __all__ = ["Workers", "make_sink"]
 
@@ -25,20 +30,46 @@ log = logging.getLogger("krenalis.worker")
 HEALTHY_RUN = 60.0
 
 
-def make_sink(pipeline: Pipeline, workspace: Workspace, warehouse_dsn: str | None) -> Sink:
+def make_sink(
+    pipeline: Pipeline, destination: Destination | None, warehouse_dsn: str | None
+) -> Sink:
     """A new sink for the pipeline: the warehouse's, or the one its destination's options build."""
     if pipeline.to_warehouse:
         if not warehouse_dsn:
             raise ValueError(f"pipeline {pipeline.id!r} writes to the warehouse, but none is set")
         return WarehouseSink(warehouse_dsn)
-    return workspace.destinations[pipeline.to].options.build()
+    if destination is None:
+        raise ValueError(f"pipeline {pipeline.id!r} has no destination {pipeline.to!r}")
+    return destination.options.build()
+
+
+@dataclass(frozen=True)
+class _Want:
+    """What a worker runs: a worker whose _Want changed is started again."""
+
+    pipeline: Pipeline
+    destination: Destination | None
+    dsn: str | None
+    discard: bool = False
+
+    @classmethod
+    def of(
+        cls, pipeline: Pipeline, workspace: Workspace, dsn: str | None, discard: bool = False
+    ) -> _Want:
+        return cls(pipeline, workspace.destinations.get(pipeline.to), dsn, discard)
 
 
 @dataclass
 class _Running:
     worker: PipelineWorker
     task: asyncio.Task[None]
-    fingerprint: object
+    want: _Want
+
+
+@lru_cache(maxsize=16)
+def _workspace_of(text: str) -> Workspace:
+    """A retired pipeline's workspace (as stored when it was retired), read once."""
+    return parse_workspace(text, "the revision that retired it")
 
 
 class Workers:
@@ -61,41 +92,54 @@ class Workers:
         self.only = only
         self.running: dict[tuple[str, int], _Running] = {}
 
-    def wanted(self, workspace: Workspace) -> dict[tuple[str, int], object]:
-        wanted: dict[tuple[str, int], object] = {}
+    def wanted(
+        self, workspace: Workspace, retired: Sequence[Retirement] = ()
+    ) -> dict[tuple[str, int], _Want]:
+        """A worker per shard of each enabled pipeline, and per shard being retired (the
+        pipeline as it was last defined: drained into its sink, or discarded)."""
+        wanted: dict[tuple[str, int], _Want] = {}
         for pipeline in workspace.enabled_pipelines():
-            if self.only and pipeline.id not in self.only:
+            if not self.only or pipeline.id in self.only:
+                for shard in range(pipeline.shards):
+                    wanted[(pipeline.id, shard)] = _Want.of(pipeline, workspace, self.warehouse_dsn)
+        for retirement in retired:
+            if self.only and retirement.pipeline not in self.only:
                 continue
-            dest = workspace.destinations.get(pipeline.to)
-            for shard in range(pipeline.shards):
-                wanted[(pipeline.id, shard)] = (pipeline, dest, self.warehouse_dsn)
+            old = _workspace_of(retirement.text)
+            discard = retirement.mode == "discard"
+            want = _Want.of(old.pipelines[retirement.pipeline], old, self.warehouse_dsn, discard)
+            wanted.update({(retirement.pipeline, shard): want for shard in retirement.shards})
         return wanted
 
-    async def apply(self, workspace: Workspace) -> None:
+    async def apply(self, workspace: Workspace, retired: Sequence[Retirement] = ()) -> None:
         """Stop workers of removed, disabled or changed pipelines; start the missing ones."""
-        wanted = self.wanted(workspace)
+        wanted = self.wanted(workspace, retired)
         for key, running in list(self.running.items()):
-            if wanted.get(key) != running.fingerprint:
+            if wanted.get(key) != running.want:
                 await self._stop(key)
-        for key, fingerprint in wanted.items():
+        for key, want in wanted.items():
             if key not in self.running:
-                self._start(workspace, key, fingerprint)
+                self._start(key, want)
 
-    def _start(self, workspace: Workspace, key: tuple[str, int], fingerprint: object) -> None:
-        pipeline = workspace.pipelines[key[0]]
+    def pipelines(self) -> list[str]:
+        """The pipelines this process runs a worker for."""
+        return sorted({pipeline for pipeline, _ in self.running})
+
+    def _start(self, key: tuple[str, int], want: _Want) -> None:
+        pipeline = want.pipeline
         settings = WorkerSettings(
             batch_max_events=pipeline.batch_max_events or 1000,
             batch_max_wait=pipeline.batch_max_wait or 0.5,
             retry_window=pipeline.retry_window,
             ack_wait=self.ack_wait,
         )
-        sink = make_sink(pipeline, workspace, self.warehouse_dsn)
+        sink = DiscardSink() if want.discard else make_sink(pipeline, want.destination, want.dsn)
         worker = PipelineWorker(
             self.js, pipeline.id, sink, shard=key[1], settings=settings,
             create_consumer=self.create_consumers,
         )  # fmt: skip
         task = asyncio.create_task(_supervise(worker), name=f"worker-{key[0]}-{key[1]}")
-        self.running[key] = _Running(worker, task, fingerprint)
+        self.running[key] = _Running(worker, task, want)
 
     async def _stop(self, key: tuple[str, int]) -> None:
         running = self.running.pop(key)

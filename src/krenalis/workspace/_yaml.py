@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-__all__ = ["LineDict", "LineList", "YamlError", "load_yaml"]
+__all__ = ["LineDict", "LineList", "UnsetVariable", "YamlError", "load_yaml"]
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -59,18 +59,34 @@ def _line(node: Node) -> int:
     return node.start_mark.line + 1
 
 
-def _expand(text: str, line: int, environ: Mapping[str, str]) -> str:
+class UnsetVariable(str):
+    """A string value that uses environment variables this process does not have, kept as
+    written. Only a reader that asked for it (`unset=`) gets one: `krenalis workspace apply`
+    checks a file without the secrets that only the processes using them have."""
+
+
+def _expand(text: str, line: int, environ: Mapping[str, str], unset: set[str] | None) -> str:
+    missing = False
+
     def replace(match: re.Match[str]) -> str:
+        nonlocal missing
         if match.group(0) == "$$":
             return "$"
         name = match.group(1)
         if not _VAR_NAME.fullmatch(name):
             raise YamlError(line, f'invalid environment variable reference "${{{name}}}"')
-        if name not in environ:
+        if name in environ:
+            return environ[name]
+        if unset is None:
             raise YamlError(line, f'environment variable "{name}" is not set')
-        return environ[name]
+        unset.add(name)
+        missing = True
+        return match.group(0)
 
-    return _REFERENCE.sub(replace, text) if "$" in text else text
+    if "$" not in text:
+        return text
+    expanded = _REFERENCE.sub(replace, text)
+    return UnsetVariable(expanded) if missing else expanded
 
 
 def _own_and_merged_pairs(loader: Any, node: MappingNode) -> tuple[list[Any], list[Any]]:
@@ -116,9 +132,9 @@ def _construct_sequence(loader: Any, node: Node) -> LineList:
     return data
 
 
-def _loader_class(environ: Mapping[str, str]) -> type[yaml.SafeLoader]:
+def _loader_class(environ: Mapping[str, str], unset: set[str] | None) -> type[yaml.SafeLoader]:
     def construct_str(loader: Any, node: ScalarNode) -> str:
-        return _expand(loader.construct_scalar(node), _line(node), environ)
+        return _expand(loader.construct_scalar(node), _line(node), environ, unset)
 
     class Loader(_BaseLoader):  # type: ignore[valid-type,misc]
         pass
@@ -129,10 +145,14 @@ def _loader_class(environ: Mapping[str, str]) -> type[yaml.SafeLoader]:
     return Loader
 
 
-def load_yaml(text: str, environ: Mapping[str, str]) -> Any:
-    """Load one YAML document; raise :class:`YamlError` (with its line) for any problem."""
+def load_yaml(text: str, environ: Mapping[str, str], unset: set[str] | None = None) -> Any:
+    """Load one YAML document; raise :class:`YamlError` (with its line) for any problem.
+
+    With `unset`, a variable missing from `environ` is not an error: its name is added there
+    and the value keeps the reference, as an :class:`UnsetVariable`.
+    """
     try:
-        return yaml.load(text, Loader=_loader_class(environ))  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_loader_class(environ, unset))  # noqa: S506 (a SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1

@@ -79,11 +79,20 @@ class _Pipeline(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def parse_workspace(
-    text: str, filename: str = "<string>", *, environ: Mapping[str, str] | None = None
+    text: str,
+    filename: str = "<string>",
+    *,
+    environ: Mapping[str, str] | None = None,
+    unset: set[str] | None = None,
 ) -> Workspace:
-    """Build a workspace from YAML text; ``environ`` (default ``os.environ``) serves ``${VAR}``."""
+    """Build a workspace from YAML text; ``environ`` (default ``os.environ``) serves ``${VAR}``.
+
+    With ``unset``, variables missing from ``environ`` are collected there instead of being an
+    error, and the string values that use them are taken unchecked: for checking a file where
+    the secrets are not at hand (the workspace built so is never used to deliver).
+    """
     try:
-        doc = load_yaml(text, os.environ if environ is None else environ)
+        doc = load_yaml(text, os.environ if environ is None else environ, unset)
     except YamlError as exc:
         raise WorkspaceError(filename, exc.line, exc.reason) from None
     return _Loader(filename).workspace(doc)

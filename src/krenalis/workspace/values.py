@@ -22,6 +22,7 @@ import msgspec
 from msgspec import inspect as mi
 
 from krenalis.config import parse_duration
+from krenalis.workspace._yaml import UnsetVariable
 
 __all__ = [
     "Dsn",
@@ -189,6 +190,8 @@ def dec_hook(type_: type, value: Any) -> Any:
     """msgspec's hook for the types above (and any type with a ``decode`` classmethod)."""
     if isinstance(value, type_):  # decoded already (options made again from options)
         return value
+    if isinstance(value, UnsetVariable) and issubclass(type_, str):
+        return type_(value)  # checked by the process that has the variable
     decode = getattr(type_, "decode", None)
     if decode is None:
         raise NotImplementedError(f"no decoder for {type_.__name__}")

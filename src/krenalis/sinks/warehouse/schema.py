@@ -2,17 +2,23 @@
 
 The DDL lives in ``schema.sql``: the ``krenalis_events`` table of Krenalis's Go implementation
 (github.com/krenalis/krenalis), so the same queries work on either, plus an index on
-``received_at``. ``COLUMNS`` lists the 67 written columns in the table's order (``kpid`` is
-never written: identity resolution fills it). ``event_to_row`` maps a wire event (camelCase
-keys) to those columns: absent values become NULL, NUL characters are stripped (PostgreSQL
-text cannot hold them), JSON values are encoded, datetimes are converted to UTC. Everything else
-(ranges, IP syntax, enum labels) is left to PostgreSQL, whose refusals the sink turns into
-``Rejected`` outcomes.
+``received_at``, and one difference: the primary key is ``(message_id, connection_id)``, not
+``message_id`` alone. Sources choose their own messageIds (browser write keys are public), so
+with ``message_id`` alone any source could overwrite another source's rows; the connectionId is
+set by the collector, never by the client. ``init_db`` moves an older table to that key.
+
+``COLUMNS`` lists the 67 written columns in the table's order (``kpid`` is never written:
+identity resolution fills it). ``event_to_row`` maps a wire event (camelCase keys) to those
+columns: absent values become NULL, NUL characters are stripped (PostgreSQL text cannot hold
+them), JSON values are encoded, datetimes are converted to UTC. Everything else (ranges, IP
+syntax, enum labels) is left to PostgreSQL, whose refusals the sink turns into ``Rejected``
+outcomes.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,24 +28,40 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import psycopg
+from psycopg import sql
 
-from krenalis.errors import InvalidRow
+from krenalis.errors import InvalidRow, SinkError
 
 __all__ = [
     "COLUMNS",
+    "CONNECTION_ID",
+    "KEY",
     "Column",
     "Kind",
     "MESSAGE_ID",
     "Row",
     "event_to_row",
     "init_db",
+    "row_key",
     "schema_sql",
 ]
 
 if TYPE_CHECKING:
     from krenalis.sinks.base import Event
 
+log = logging.getLogger("krenalis.warehouse")
+
 Row = tuple[Any, ...]
+
+#: The table's primary key: a messageId is unique within its source (connectionId) only.
+#: message_id comes first: with connection_id first, PostgreSQL spent about 17% more CPU per
+#: batch of tests/sinks/bench_warehouse.py (one source), mostly in the upsert's sort by key,
+#: which a leading column with the same value in every row slows down. A lookup by message_id
+#: alone still uses the index, too.
+KEY = ("message_id", "connection_id")
+# The key of tables made before sources were kept apart, which init_db replaces.
+OLD_KEY = ("message_id",)
+TABLE = "krenalis_events"
 
 # Any constant works; it only has to be the same in every process that runs init_db.
 SCHEMA_LOCK_KEY = 0x6B72656E616C6973  # "krenalis"
@@ -110,6 +132,7 @@ def _column(dotted: str) -> Column:
 
 
 COLUMNS: tuple[Column, ...] = tuple(_column(p) for p in _PATHS)
+CONNECTION_ID = next(i for i, c in enumerate(COLUMNS) if c.name == "connection_id")
 MESSAGE_ID = next(i for i, c in enumerate(COLUMNS) if c.name == "message_id")
 if len(COLUMNS) != 67:  # pragma: no cover - a guard against editing _LAYOUT by mistake
     raise AssertionError(f"{len(COLUMNS)} columns")
@@ -185,9 +208,18 @@ def event_to_row(event: Event) -> Row:
     for index, field in _REQUIRED_FIELDS:
         if row[index] is None:
             raise InvalidRow(f"{field}: the field is required")
+    # Both halves of the key must be strings: the sink deduplicates a batch by them in Python,
+    # where 7 and "7" differ although PostgreSQL stores both as "7".
+    if not isinstance(row[CONNECTION_ID], str) or not row[CONNECTION_ID]:
+        raise InvalidRow("connectionId: must be a non-empty string")
     if not isinstance(row[MESSAGE_ID], str) or not row[MESSAGE_ID]:
         raise InvalidRow("messageId: must be a non-empty string")
     return tuple(row)
+
+
+def row_key(row: Row) -> tuple[str, str]:
+    """The row's primary key, in ``KEY``'s order: ``(message_id, connection_id)``."""
+    return row[MESSAGE_ID], row[CONNECTION_ID]
 
 
 def _fill(row: list[Any], obj: dict[str, Any], tree: dict[str, Any], prefix: str) -> None:
@@ -217,20 +249,94 @@ def schema_sql() -> str:
     return resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
 
 
-async def init_db(conn_or_dsn: psycopg.AsyncConnection | str) -> None:
-    """Create the enums, the ``krenalis_events`` table, its index and the ``events`` view.
+# What init_db did, as it tells it.
+CREATED = f"created the {TABLE} table"
+MIGRATED = (
+    f"changed the primary key of {TABLE} from ({', '.join(OLD_KEY)}) to ({', '.join(KEY)}); "
+    "every row is kept"
+)
+UP_TO_DATE = f"nothing to do: {TABLE} is up to date"
 
-    Idempotent, and safe when several processes run it at once: a transaction-level advisory
-    lock serialises them. Given a connection, it runs in a transaction (or a savepoint) on it.
+_PRIMARY_KEY = sql.SQL("""
+SELECT c.conname, a.attname
+FROM pg_constraint c
+CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, position)
+JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+WHERE c.conrelid = {table}::regclass AND c.contype = 'p'
+ORDER BY k.position
+""").format(table=sql.Literal(TABLE))
+
+# One statement, so the table is never without a key. The new key's index is built from the
+# rows already there: unique by message_id, they are unique by (message_id, connection_id) too.
+_MIGRATE_KEY = """
+ALTER TABLE {table}
+    DROP CONSTRAINT {name},
+    ADD CONSTRAINT {name} PRIMARY KEY ({key})
+"""
+
+
+async def init_db(conn_or_dsn: psycopg.AsyncConnection | str, *, quiet: bool = False) -> str:
+    """Create the enums, the ``krenalis_events`` table, its index and the ``events`` view, or
+    move an existing table whose primary key is ``message_id`` alone to ``KEY``, keeping its
+    rows. Return what was done in a few words (``CREATED``, ``MIGRATED`` or ``UP_TO_DATE``),
+    and log it unless ``quiet`` (a caller that prints it).
+
+    Idempotent, and safe when several processes run it at once: everything happens in one
+    transaction that first takes an advisory lock, so a second process waits for the first to
+    commit and then finds nothing to do. Given a connection, it runs in a transaction (or a
+    savepoint) on it. Raises ``SinkError`` if the table has a primary key it does not know.
     """
     if isinstance(conn_or_dsn, str):
         async with await psycopg.AsyncConnection.connect(conn_or_dsn) as conn:
-            await _create(conn)
+            change = await _create_or_migrate(conn)
     else:
-        await _create(conn_or_dsn)
+        change = await _create_or_migrate(conn_or_dsn)
+    if not quiet:
+        log.info("Warehouse schema ready.", extra={"change": change})
+    return change
 
 
-async def _create(conn: psycopg.AsyncConnection) -> None:
+async def _create_or_migrate(conn: psycopg.AsyncConnection) -> str:
     async with conn.transaction():
+        # Held until the transaction ends: a concurrent start waits here, then sees our commit
+        # (each statement of a READ COMMITTED transaction reads the latest committed state).
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        existed = await _table_exists(conn)
         await conn.execute(schema_sql().encode())
+        if not existed:
+            return CREATED
+        return await _migrate_key(conn)
+
+
+async def _table_exists(conn: psycopg.AsyncConnection) -> bool:
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def _primary_key(conn: psycopg.AsyncConnection) -> tuple[str | None, tuple[str, ...]]:
+    """The name and the columns (in order) of the table's primary key; (None, ()) if none."""
+    cur = await conn.execute(_PRIMARY_KEY)
+    rows = await cur.fetchall()
+    if not rows:
+        return None, ()
+    return rows[0][0], tuple(column for _, column in rows)
+
+
+async def _migrate_key(conn: psycopg.AsyncConnection) -> str:
+    name, columns = await _primary_key(conn)
+    if set(columns) == set(KEY):  # ON CONFLICT matches a key in either column order
+        return UP_TO_DATE
+    if name is None or columns != OLD_KEY:
+        found = f"the primary key ({', '.join(columns)})" if columns else "no primary key"
+        raise SinkError(
+            f"The warehouse table {TABLE} has {found}; the sink needs ({', '.join(KEY)}). "
+            "Change the table by hand, then start again."
+        )
+    statement = sql.SQL(_MIGRATE_KEY).format(
+        table=sql.Identifier(TABLE),
+        name=sql.Identifier(name),
+        key=sql.SQL(", ").join(map(sql.Identifier, KEY)),
+    )
+    await conn.execute(statement)
+    return MIGRATED

@@ -1,6 +1,10 @@
 -- The warehouse events table, as Krenalis's Go implementation (github.com/krenalis/krenalis) creates it
--- (warehouses/postgresql/tables/events.sql), plus an index on received_at.
--- Idempotent; init_db() runs it under an advisory lock so concurrent runs do not race.
+-- (warehouses/postgresql/tables/events.sql), plus an index on received_at, with one difference:
+-- the primary key is (message_id, connection_id), not message_id alone, so that no source can
+-- overwrite another source's rows by sending the same messageId (message_id first: see KEY in
+-- schema.py).
+-- Idempotent; init_db() runs it under an advisory lock so concurrent runs do not race, and moves
+-- a table created with the old key to the new one (CREATE TABLE IF NOT EXISTS does not).
 -- Keep the column list in sync with COLUMNS in schema.py.
 
 DO $$
@@ -88,7 +92,7 @@ CREATE TABLE IF NOT EXISTS krenalis_events (
     "type" event_type NOT NULL,
     "previous_id" character varying,
     "user_id" character varying,
-    PRIMARY KEY ("message_id")
+    PRIMARY KEY ("message_id", "connection_id")
 );
 
 CREATE INDEX IF NOT EXISTS krenalis_events_received_at_idx ON krenalis_events ("received_at");

@@ -1,8 +1,9 @@
 """The PostgreSQL warehouse sink: upserts event batches into ``krenalis_events``.
 
-One write is one transaction: the batch (deduplicated by ``messageId``, the last copy wins) is
-COPYed into a temporary table, then upserted with ``INSERT ... ON CONFLICT (message_id) DO
-UPDATE``. A redelivered event therefore overwrites its row with the same values.
+One write is one transaction: the batch (deduplicated by ``(messageId, connectionId)``, the
+last copy wins) is COPYed into a temporary table, then upserted with ``INSERT ... ON CONFLICT
+(message_id, connection_id) DO UPDATE``. A redelivered event therefore overwrites its row with
+the same values, and an event of another source with the same messageId gets a row of its own.
 
 Outcomes:
 
@@ -31,7 +32,7 @@ from psycopg import sql
 
 from krenalis.errors import InvalidRow
 from krenalis.sinks.base import DELIVERED, Event, Outcome, Rejected, Retry
-from krenalis.sinks.warehouse.schema import COLUMNS, MESSAGE_ID, Row, event_to_row
+from krenalis.sinks.warehouse.schema import COLUMNS, KEY, Row, event_to_row, row_key
 
 __all__ = ["WarehouseSink", "is_retriable"]
 
@@ -40,6 +41,9 @@ log = logging.getLogger("krenalis.warehouse")
 TEMP_TABLE = "krenalis_batch"
 MAX_REASON = 300
 _COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column (\w+))?")
+
+#: A row's primary key: (message_id, connection_id).
+Key = tuple[str, str]
 
 # -- errors ----------------------------------------------------------------------------------
 
@@ -93,20 +97,23 @@ class WarehouseSink:
 
     async def write(self, events: list[Event]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(events)
-        rows: dict[str, Row] = {}
-        owners: dict[str, list[int]] = {}
+        rows: dict[Key, Row] = {}
+        owners: dict[Key, list[int]] = {}
         for i, event in enumerate(events):
             try:
                 row = event_to_row(event)
             except InvalidRow as exc:
                 outcomes[i] = Rejected(str(exc))
                 continue
-            rows[row[MESSAGE_ID]] = row  # a later copy of a messageId replaces the earlier one
-            owners.setdefault(row[MESSAGE_ID], []).append(i)
+            # One row per key: the upsert cannot touch a row twice. A later copy of an event
+            # replaces the earlier one; another source's event with the same messageId does not.
+            key = row_key(row)
+            rows[key] = row
+            owners.setdefault(key, []).append(i)
         if rows:
             result = await self._write_rows(list(rows.values()))
-            for message_id, indexes in owners.items():
-                outcome = result.get(message_id, DELIVERED)
+            for key, indexes in owners.items():
+                outcome = result.get(key, DELIVERED)
                 for i in indexes:
                     outcomes[i] = outcome
         self._log_rejections(outcomes)
@@ -136,7 +143,7 @@ class WarehouseSink:
 
     # -- one write ---------------------------------------------------------------------------
 
-    async def _write_rows(self, rows: list[Row]) -> dict[str, Outcome]:
+    async def _write_rows(self, rows: list[Row]) -> dict[Key, Outcome]:
         """Write the rows in one transaction; the outcome of each row that is not Delivered."""
         async with self._lock:
             try:
@@ -152,13 +159,13 @@ class WarehouseSink:
                     "Cannot write events to the warehouse; they will be retried.",
                     extra={"reason": reason, "events": len(rows)},
                 )
-                return {row[MESSAGE_ID]: Retry(reason) for row in rows}
+                return {row_key(row): Retry(reason) for row in rows}
             except BaseException:
                 await self._drop_connection()
                 raise
-        return {message_id: Rejected(reason) for message_id, reason in rejected.items()}
+        return {key: Rejected(reason) for key, reason in rejected.items()}
 
-    async def _transaction_reconnecting(self, rows: list[Row]) -> dict[str, str]:
+    async def _transaction_reconnecting(self, rows: list[Row]) -> dict[Key, str]:
         """Run the transaction; replace once a kept connection found dead (server restarted)."""
         reused = self._conn is not None
         try:
@@ -173,16 +180,16 @@ class WarehouseSink:
         await self._drop_connection()
         return await self._transaction(rows)
 
-    async def _transaction(self, rows: list[Row]) -> dict[str, str]:
+    async def _transaction(self, rows: list[Row]) -> dict[Key, str]:
         conn = await self._connection()
-        rejected: dict[str, str] = {}
+        rejected: dict[Key, str] = {}
         async with conn.transaction(), conn.cursor() as cur:
             await cur.execute(self._statements.create_temp)
             await self._write_all(cur, rows, rejected)
         return rejected
 
     async def _write_all(
-        self, cur: psycopg.AsyncCursor, rows: list[Row], rejected: dict[str, str]
+        self, cur: psycopg.AsyncCursor, rows: list[Row], rejected: dict[Key, str]
     ) -> None:
         """Write every row that PostgreSQL accepts; record the others in ``rejected``."""
         pending, first = [rows], True
@@ -194,9 +201,9 @@ class WarehouseSink:
                 continue
             line, reason = _row_error_reason(error)
             if len(subset) == 1:
-                rejected[subset[0][MESSAGE_ID]] = reason
+                rejected[row_key(subset[0])] = reason
             elif line is not None and 1 <= line <= len(subset):
-                rejected[subset[line - 1][MESSAGE_ID]] = reason
+                rejected[row_key(subset[line - 1])] = reason
                 pending.append(subset[: line - 1] + subset[line:])
             else:
                 half = len(subset) // 2
@@ -263,17 +270,18 @@ class _Statements:
         temp = sql.Identifier(TEMP_TABLE)
         names = [c.name for c in COLUMNS]
         cols = sql.SQL(", ").join(map(sql.Identifier, names))
+        key = sql.SQL(", ").join(map(sql.Identifier, KEY))
         updates = sql.SQL(", ").join(
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n))
-            for n in names
-            if n != "message_id"
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in KEY
         )
         self.create_temp = sql.SQL(
             "CREATE TEMPORARY TABLE {temp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
         ).format(temp=temp, table=table)
         self.truncate_temp = sql.SQL("TRUNCATE {}").format(temp)
         self.copy = sql.SQL("COPY {temp} ({cols}) FROM STDIN").format(temp=temp, cols=cols)
+        # Rows go in key order, so two writers of the same keys lock them in the same order
+        # and cannot deadlock.
         self.upsert = sql.SQL(
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} "
-            "ORDER BY message_id ON CONFLICT (message_id) DO UPDATE SET {updates}"
-        ).format(table=table, cols=cols, temp=temp, updates=updates)
+            "ORDER BY {key} ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        ).format(table=table, cols=cols, temp=temp, key=key, updates=updates)

@@ -1,0 +1,122 @@
+"""Finishing retirements: the consumers of removed pipelines (and dropped shards) go only once
+nothing can reach them and nothing is left in them.
+
+A retirement is stored with the revision that removes the pipeline (see
+:mod:`krenalis.workspace.apply`). Meanwhile the workers deliver its backlog ("drain") or move
+it to EVENTS_DLQ ("discard", through :class:`DiscardSink`). Any process that runs workers
+checks, every second, each retirement of the current revision; once
+
+- every process that routes events (collectors, serve) runs that revision or a later one, and
+  has no request in flight that was routed by an older one (so no new copy can arrive), and
+- the shards' consumers hold nothing (no event pending, none in flight),
+
+it deletes those consumers, purges what is left on their subjects (acked copies not pruned
+yet), and stores a revision without the retirement. Several processes may race to do it:
+deleting is idempotent and the revision is stored with compare-and-set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from krenalis.errors import RevisionConflict
+from krenalis.runtime.service import list_processes
+from krenalis.sinks.base import Event, Outcome, Rejected
+from krenalis.stream.layout import remove_pipeline
+from krenalis.workspace.apply import backlog
+from krenalis.workspace.store import Retirement, Revision, WorkspaceStore, now, who
+
+__all__ = ["DISCARD_REASON", "DiscardSink", "Retirer"]
+
+log = logging.getLogger("krenalis.worker")
+
+DISCARD_REASON = "pipeline removed"
+#: Seconds between two looks at the retirements.
+INTERVAL = 1.0
+#: Seconds a revision must have been stored before its retirements may finish, on top of the
+#: processes' own reports: a collector that has not registered yet gets this long to do so.
+GRACE = 2.0
+
+
+class DiscardSink:
+    """The sink of a discarded pipeline: every event goes to the dead letters, with a reason
+    that says why, so that it can be replayed (`krenalis dlq replay`)."""
+
+    async def write(self, events: list[Event]) -> list[Outcome]:
+        return [Rejected(DISCARD_REASON)] * len(events)
+
+    async def healthcheck(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Retirer:
+    """Runs until cancelled, finishing the retirements it can (see the module docstring)."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, store: WorkspaceStore) -> None:
+        self.nc = nc
+        self.js = js
+        self.store = store
+        self._last_error = ""
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL)
+            try:
+                await self.step()
+            except Exception as exc:  # NATS away, an election: try again next round
+                self._log_once(str(exc) or type(exc).__name__)
+
+    async def step(self) -> None:
+        revision = await self.store.current()
+        if revision is None or not revision.retired or not _old_enough(revision):
+            return
+        if not await self._routed_by(revision):
+            return
+        for retirement in revision.retired:
+            if await backlog(self.js, retirement.pipeline, retirement.shards) == 0:
+                await self._finish(retirement, revision)
+                return  # the revision changed: look again next round
+
+    async def _routed_by(self, revision: Revision) -> bool:
+        """Whether every process that routes events runs `revision` or a later one."""
+        processes = await list_processes(self.nc)
+        return all(p.revision >= revision.number for p in processes if p.routes)
+
+    async def _finish(self, retirement: Retirement, revision: Revision) -> None:
+        await remove_pipeline(self.js, retirement.pipeline, retirement.shards)
+        rest = tuple(r for r in revision.retired if r != retirement)
+        origin = f'retired pipeline "{retirement.pipeline}" shards {list(retirement.shards)}'
+        after = Revision(0, revision.text, origin, now(), who(), rest)
+        with contextlib.suppress(RevisionConflict):  # another process finished it first
+            stored = await self.store.store(after, revision.number)
+            log.info(
+                "Pipeline retired: its consumers are removed.",
+                extra={
+                    "pipeline": retirement.pipeline,
+                    "shards": list(retirement.shards),
+                    "mode": retirement.mode,
+                    "revision": stored.number,
+                },
+            )
+
+    def _log_once(self, error: str) -> None:
+        if error != self._last_error:
+            self._last_error = error
+            log.warning("Cannot finish retirements yet; retrying.", extra={"error": error})
+
+
+def _old_enough(revision: Revision) -> bool:
+    try:
+        stored = datetime.fromisoformat(revision.applied_at.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return (datetime.now(stored.tzinfo) - stored).total_seconds() >= GRACE
