@@ -263,9 +263,11 @@ class KrenalisStack:
             log_path=self.root / f"krenalis-{self.command}.log",
         )
         procs.wait_http(self.health, timeout, self.main)
-        if not self.nats_urls:  # serve's embedded server: its URL, for extra processes
+        if not self.nats_urls:  # serve's embedded server: its URL and key, for extra processes
             port = (self.data_dir / "nats" / "port").read_text().strip()
             self.nats_urls = [f"nats://127.0.0.1:{port}"]
+            seed = (self.data_dir / "nats" / "krenalis-user.nk").read_text().strip()
+            self.env["KRENALIS_NATS_NKEY"] = seed
         if self.collectors > 1 and not self.use_env_workers:
             self._start_collectors(self.collectors - 1)
         elif self.collectors > 1:
@@ -366,7 +368,8 @@ class KrenalisStack:
         text = (self.data_dir / "postgres" / "krenalis.conf").read_text()
         port = re.search(r"^port = (\d+)$", text, re.MULTILINE)
         assert port is not None
-        return f"postgresql://postgres@127.0.0.1:{port.group(1)}/krenalis"
+        passfile = (self.data_dir / "postgres" / "krenalis.pgpass").resolve()
+        return f"postgresql://krenalis@127.0.0.1:{port.group(1)}/krenalis?passfile={passfile}"
 
     def stop(self) -> None:
         for proc in [*self.extra, self.main]:

@@ -56,10 +56,16 @@ def test_nats_url_accepted(raw, expected):
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("http://a:4222", "KRENALIS_NATS_URL scheme http is not allowed. Allowed schemes are nats, tls, ws, and wss"),
+        (
+            "http://a:4222",
+            "KRENALIS_NATS_URL scheme http is not allowed. Allowed schemes are nats, tls, ws, and wss",
+        ),
         ("nats://a:99999", 'KRENALIS_NATS_URL contains an invalid URL: "nats://a:99999"'),
         ("a:notaport", 'KRENALIS_NATS_URL contains an invalid URL: "a:notaport"'),
-        ("nats://a:4222,ws://b:80", "KRENALIS_NATS_URL contains both websocket and non-websocket URLs"),
+        (
+            "nats://a:4222,ws://b:80",
+            "KRENALIS_NATS_URL contains both websocket and non-websocket URLs",
+        ),
         (" , ,", "KRENALIS_NATS_URL does not contain URLs"),
     ],
 )
@@ -79,6 +85,80 @@ def test_auth_settings_and_secrets_masked():
     text = repr(s)
     for secret in (USER_SEED, "t0ken", "'pw'"):
         assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("nats://alice:s3cr3t-pw@a:99999", '"nats://***@a:99999"'),
+        ("tls://T0KEN-xyz@a:bad/x?y=z", '"tls://***@a:bad/x?y=z"'),
+        ("alice:s3cr3t-pw@a:notaport", '"***@a:notaport"'),
+        ("nats://u:p@ss@:4222", '"nats://***@:4222"'),  # an "@" inside the password
+    ],
+)
+def test_a_rejected_url_never_shows_its_credentials(raw, shown):
+    message = error_of(KRENALIS_NATS_URL=raw)
+    assert message == f"KRENALIS_NATS_URL contains an invalid URL: {shown}"
+
+
+def test_the_settings_repr_never_shows_a_url_credential():
+    text = repr(load(KRENALIS_NATS_URL="nats://alice:s3cr3t-pw@a:4222,T0KEN-xyz@b:4222"))
+    assert "s3cr3t-pw" not in text and "T0KEN-xyz" not in text
+
+
+def test_tls_settings(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not PEM")
+    url = {"KRENALIS_NATS_URL": "tls://nats.example.com:4222"}
+    s = load(**url, KRENALIS_NATS_TLS_SERVER_NAME="nats.internal")
+    assert s.nats_tls and s.nats_tls_server_name == "nats.internal"
+    assert load(KRENALIS_NATS_URL="tls://a:4222").nats_tls  # a tls:// URL requires TLS
+    assert not load(KRENALIS_NATS_URL="nats://a:4222").nats_tls
+    assert error_of(**url, KRENALIS_NATS_TLS_CA=str(tmp_path / "nope.pem")) == (
+        f'KRENALIS_NATS_TLS_CA points to a non-existent file: "{tmp_path}/nope.pem"'
+    )
+    assert error_of(**url, KRENALIS_NATS_TLS_CA=str(ca)).startswith(
+        f'KRENALIS_NATS_TLS_CA file "{ca}" holds no PEM certificate'
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"KRENALIS_NATS_TLS_CERT": "client.pem"},
+            "KRENALIS_NATS_TLS_CERT is set without KRENALIS_NATS_TLS_KEY: mutual TLS needs both "
+            "the client certificate and its private key",
+        ),
+        (
+            {"KRENALIS_NATS_TLS_KEY": "client-key.pem"},
+            "KRENALIS_NATS_TLS_KEY is set without KRENALIS_NATS_TLS_CERT: mutual TLS needs both "
+            "the client certificate and its private key",
+        ),
+        (
+            {"KRENALIS_NATS_TLS_CERT": "nope.pem", "KRENALIS_NATS_TLS_KEY": "nope-key.pem"},
+            'KRENALIS_NATS_TLS_CERT points to a non-existent file: "nope.pem"',
+        ),
+        (
+            {"KRENALIS_NATS_TLS_SERVER_NAME": "https://nats.example.com"},
+            "KRENALIS_NATS_TLS_SERVER_NAME must be the host name the NATS servers' certificates "
+            'carry, such as nats.example.com, got "https://nats.example.com"',
+        ),
+        (
+            {"KRENALIS_NATS_URL": "", "KRENALIS_NATS_TLS_SERVER_NAME": "nats.example.com"},
+            "KRENALIS_NATS_TLS_SERVER_NAME is set but KRENALIS_NATS_URL is not: the embedded "
+            "nats-server listens on loopback without TLS; set KRENALIS_NATS_URL to your TLS "
+            "servers, or unset KRENALIS_NATS_TLS_SERVER_NAME",
+        ),
+        (
+            {"KRENALIS_NATS_URL": "ws://a:8080", "KRENALIS_NATS_TLS_SERVER_NAME": "a"},
+            "KRENALIS_NATS_TLS_SERVER_NAME is set but KRENALIS_NATS_URL has ws:// URLs, which "
+            "never use TLS; write them wss://",
+        ),
+    ],
+)
+def test_tls_settings_rejected(env, message):
+    assert error_of(**{"KRENALIS_NATS_URL": "tls://a:4222", **env}) == message
 
 
 def test_password_without_user():
@@ -112,7 +192,9 @@ def test_creds_file(tmp_path):
     assert "cannot be combined with KRENALIS_NATS_NKEY" in both
 
 
-@pytest.mark.parametrize(("raw", "value"), [("file", "file"), ("memory", "memory"), ("MEMORY", "memory")])
+@pytest.mark.parametrize(
+    ("raw", "value"), [("file", "file"), ("memory", "memory"), ("MEMORY", "memory")]
+)
 def test_storage(raw, value):
     assert load(KRENALIS_NATS_STORAGE=raw).nats_storage == value
 
@@ -123,7 +205,9 @@ def test_storage_rejected():
     )
 
 
-@pytest.mark.parametrize(("raw", "seconds"), [("", 30.0), ("1s", 1.0), ("2m30s", 150.0), ("1.5h", 5400.0)])
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("", 30.0), ("1s", 1.0), ("2m30s", 150.0), ("1.5h", 5400.0)]
+)
 def test_ack_wait(raw, seconds):
     assert load(KRENALIS_NATS_ACK_WAIT=raw).nats_ack_wait == seconds
 
@@ -131,7 +215,10 @@ def test_ack_wait(raw, seconds):
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("soon", 'invalid duration value specified for KRENALIS_NATS_ACK_WAIT: time: invalid duration "soon"'),
+        (
+            "soon",
+            'invalid duration value specified for KRENALIS_NATS_ACK_WAIT: time: invalid duration "soon"',
+        ),
         ("999ms", "KRENALIS_NATS_ACK_WAIT must be at least 1s"),
         ("0s", "KRENALIS_NATS_ACK_WAIT must be at least 1s"),
         ("-1s", "KRENALIS_NATS_ACK_WAIT must be at least 1s"),
@@ -191,16 +278,27 @@ def test_env_file_errors_name_the_variable(tmp_path):
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
-        ("0", 0.0), ("300ms", 0.3), ("1h2m3s", 3723.0), ("1.5s", 1.5), ("-2s", -2.0),
-        ("10us", 1e-5), ("30s", 30.0), ("1m30s", 90.0), ("4h", 14400.0), ("1.5h", 5400.0),
-        ("1d", 86400.0), ("7d12h", 648000.0),
+        ("0", 0.0),
+        ("300ms", 0.3),
+        ("1h2m3s", 3723.0),
+        ("1.5s", 1.5),
+        ("-2s", -2.0),
+        ("10us", 1e-5),
+        ("30s", 30.0),
+        ("1m30s", 90.0),
+        ("4h", 14400.0),
+        ("1.5h", 5400.0),
+        ("1d", 86400.0),
+        ("7d12h", 648000.0),
     ],  # fmt: skip
 )
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5", "10", "s", "h", "1.2.3s", "--1s", "4 h", "1y", "1h 30m", 10])
+@pytest.mark.parametrize(
+    "text", ["", "5", "10", "s", "h", "1.2.3s", "--1s", "4 h", "1y", "1h 30m", 10]
+)
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)

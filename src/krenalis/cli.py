@@ -166,6 +166,9 @@ def _expected_failure(exc: Exception, command: Command) -> int | None:
     if isinstance(exc, WorkspaceError):
         print(f"krenalis: {exc}", file=sys.stderr)
         return 2
+    if isinstance(exc, ConfigError):  # found while starting: a port in use...
+        print(f"krenalis: configuration error: {exc}", file=sys.stderr)
+        return 2
     if isinstance(exc, WorkspaceChangeError):
         print(f"krenalis: the workspace was not changed: {exc}", file=sys.stderr)
         return 1

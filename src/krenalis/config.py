@@ -8,8 +8,10 @@ and messages are those of Krenalis's Go implementation (github.com/krenalis/kren
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ __all__ = ["CHILD_MARKER", "Secret", "Settings", "go_duration", "load_settings",
 MIN_ACK_WAIT = 1.0
 DEFAULT_ACK_WAIT = 30.0
 URL_SCHEMES = ("nats", "tls", "ws", "wss")
+DEFAULT_METRICS_ADDR = ("127.0.0.1", 9464)
 #: Set by `serve` in its children's environment (to the child's PID file).
 CHILD_MARKER = "KRENALIS_CHILD"
 
@@ -56,13 +59,21 @@ class Secret:
 class Settings:
     """Every setting of a Krenalis process. Build it with `load_settings()`."""
 
-    #: NATS server URLs; empty means "start the embedded nats-server".
-    nats_urls: tuple[str, ...] = ()
+    #: NATS server URLs; empty means "start the embedded nats-server". Not in the repr: a URL
+    #: may hold a user:password@ or a token@.
+    nats_urls: tuple[str, ...] = field(default=(), repr=False)
     nats_nkey: Secret | None = None
     nats_token: Secret | None = None
     nats_user: str = ""
     nats_password: Secret | None = None
     nats_creds: Path | None = None
+    #: TLS to NATS: the CA that signs the servers' certificates (None: the system's CAs), the
+    #: client certificate and its key for mutual TLS, and the name the servers' certificates
+    #: carry when it is not the URLs' host.
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    nats_tls_server_name: str = ""
     nats_replicas: int = 1
     nats_storage: str = "file"
     nats_compression: str = "none"
@@ -80,7 +91,15 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 2022
     http_workers: int = 1
+    #: Connections (and requests in progress) one collector process takes at once; a request
+    #: past it is answered 503, which Segment SDKs retry.
+    http_max_connections: int = 1000
+    #: Peers whose X-Forwarded-For is believed (load balancers, reverse proxies); from anyone
+    #: else the connection's own address is the client's.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     metrics_enabled: bool = False
+    #: Where /metrics is served (never on the ingestion port): loopback unless told otherwise.
+    metrics_addr: tuple[str, int] = DEFAULT_METRICS_ADDR
     #: Where the processes of one `serve` share their metrics (Prometheus multiprocess mode).
     metrics_dir: Path | None = None
     log_level: str = "INFO"
@@ -92,6 +111,12 @@ class Settings:
     def embedded_nats(self) -> bool:
         return not self.nats_urls
 
+    @property
+    def nats_tls(self) -> bool:
+        """Whether every NATS connection must use TLS: a TLS setting, or a tls:// URL."""
+        configured = self.nats_tls_ca or self.nats_tls_cert or self.nats_tls_server_name
+        return bool(configured) or any(u.startswith("tls://") for u in self.nats_urls)
+
 
 def load_settings(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -99,13 +124,20 @@ def load_settings(
     """Read the settings; raise ConfigError for the first bad value."""
     env = _merged_env(environ, env_file)
     storage = _storage(env)
+    nats_urls = _nats_urls(env.get("KRENALIS_NATS_URL", ""))
+    tls_cert, tls_key = _tls_client(env)
+    _check_tls_urls(env, nats_urls)
     return Settings(
-        nats_urls=_nats_urls(env.get("KRENALIS_NATS_URL", "")),
+        nats_urls=nats_urls,
         nats_nkey=_nkey(env.get("KRENALIS_NATS_NKEY", "")),
         nats_token=_secret(env.get("KRENALIS_NATS_TOKEN", "")),
         nats_user=env.get("KRENALIS_NATS_USER", ""),
         nats_password=_password(env),
         nats_creds=_creds(env.get("KRENALIS_NATS_CREDS", ""), env),
+        nats_tls_ca=_tls_ca(env.get("KRENALIS_NATS_TLS_CA", "")),
+        nats_tls_cert=tls_cert,
+        nats_tls_key=tls_key,
+        nats_tls_server_name=_tls_server_name(env.get("KRENALIS_NATS_TLS_SERVER_NAME", "")),
         nats_replicas=_replicas(env.get("KRENALIS_NATS_REPLICAS", "")),
         nats_storage=storage,
         nats_compression=_compression(env.get("KRENALIS_NATS_COMPRESSION", ""), storage),
@@ -119,7 +151,10 @@ def load_settings(
         http_host=env.get("KRENALIS_HTTP_HOST", "") or "127.0.0.1",
         http_port=_port(env.get("KRENALIS_HTTP_PORT", "")),
         http_workers=_int_range(env, "KRENALIS_HTTP_WORKERS", 1, 1, 64),
+        http_max_connections=_int_range(env, "KRENALIS_HTTP_MAX_CONNECTIONS", 1000, 1, 100_000),
+        trusted_proxies=_trusted_proxies(env.get("KRENALIS_TRUSTED_PROXIES", "")),
         metrics_enabled=_bool(env, "KRENALIS_PROMETHEUS_METRICS_ENABLED"),
+        metrics_addr=_metrics_addr(env.get("KRENALIS_METRICS_ADDR", "")),
         metrics_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"])
         if env.get("PROMETHEUS_MULTIPROC_DIR")
         else None,
@@ -164,15 +199,23 @@ def _nats_url(item: str) -> str:
         parts = urlsplit(candidate)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise ConfigError(f'KRENALIS_NATS_URL contains an invalid URL: "{item}"') from None
+        raise ConfigError(f'KRENALIS_NATS_URL contains an invalid URL: "{_masked(item)}"') from None
     if "://" in item and parts.scheme not in URL_SCHEMES:
         raise ConfigError(
             f"KRENALIS_NATS_URL scheme {parts.scheme} is not allowed. "
             "Allowed schemes are nats, tls, ws, and wss"
         )
     if not parts.hostname:
-        raise ConfigError(f'KRENALIS_NATS_URL contains an invalid URL: "{item}"')
+        raise ConfigError(f'KRENALIS_NATS_URL contains an invalid URL: "{_masked(item)}"')
     return item
+
+
+def _masked(url: str) -> str:
+    """`url` fit for an error message: its user:password@ (or token@) part becomes ***@."""
+    scheme, sep, rest = url.rpartition("://")
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    _, at, host = rest[:end].rpartition("@")
+    return f"{scheme}{sep}{'***' + at if at else ''}{host}{rest[end:]}"
 
 
 def _nkey(raw: str) -> Secret | None:
@@ -216,6 +259,103 @@ def _creds(raw: str, env: Mapping[str, str]) -> Path | None:
     if not path.is_file():
         raise ConfigError(f'KRENALIS_NATS_CREDS points to a non-existent file: "{raw}"')
     return path
+
+
+def _tls_ca(raw: str) -> Path | None:
+    if not raw:
+        return None
+    path = _tls_file("KRENALIS_NATS_TLS_CA", raw)
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except ssl.SSLError:
+        raise ConfigError(
+            f'KRENALIS_NATS_TLS_CA file "{raw}" holds no PEM certificate; expected the '
+            "certificate of the CA that signs the NATS servers' certificates"
+        ) from None
+    return path
+
+
+def _tls_client(env: Mapping[str, str]) -> tuple[Path | None, Path | None]:
+    """The client certificate and key of mutual TLS: both or neither, and a matching pair."""
+    cert, key = env.get("KRENALIS_NATS_TLS_CERT", ""), env.get("KRENALIS_NATS_TLS_KEY", "")
+    if not cert and not key:
+        return None, None
+    if not key or not cert:
+        given, missing = ("CERT", "KEY") if cert else ("KEY", "CERT")
+        raise ConfigError(
+            f"KRENALIS_NATS_TLS_{given} is set without KRENALIS_NATS_TLS_{missing}: mutual TLS "
+            "needs both the client certificate and its private key"
+        )
+    cert_path = _tls_file("KRENALIS_NATS_TLS_CERT", cert)
+    key_path = _tls_file("KRENALIS_NATS_TLS_KEY", key)
+    _check_key_pair(cert_path, key_path)
+    return cert_path, key_path
+
+
+def _check_key_pair(cert: Path, key: Path) -> None:
+    def no_passphrase() -> str:
+        # Without this, OpenSSL would prompt on the terminal, or block a service for ever.
+        raise ConfigError(
+            f'KRENALIS_NATS_TLS_KEY file "{key}" is encrypted and krenalis cannot ask for its '
+            "passphrase; store the key unencrypted, readable only by this service's user"
+        )
+
+    try:
+        ssl.create_default_context().load_cert_chain(cert, key, password=no_passphrase)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            "KRENALIS_NATS_TLS_CERT and KRENALIS_NATS_TLS_KEY are not a PEM certificate and its "
+            f"private key ({exc.reason or 'unreadable'})"
+        ) from None
+
+
+def _tls_file(name: str, raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigError(f'{name} points to a non-existent file: "{raw}"')
+    return path
+
+
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _tls_server_name(raw: str) -> str:
+    if not raw:
+        return ""
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(raw):
+            raise ConfigError(
+                "KRENALIS_NATS_TLS_SERVER_NAME must be the host name the NATS servers' "
+                f'certificates carry, such as nats.example.com, got "{raw}"'
+            ) from None
+    return raw
+
+
+_TLS_SETTINGS = (
+    "KRENALIS_NATS_TLS_CA",
+    "KRENALIS_NATS_TLS_CERT",
+    "KRENALIS_NATS_TLS_KEY",
+    "KRENALIS_NATS_TLS_SERVER_NAME",
+)
+
+
+def _check_tls_urls(env: Mapping[str, str], urls: tuple[str, ...]) -> None:
+    """TLS settings need servers that can use TLS: not the embedded one, not ws://."""
+    name = next((n for n in _TLS_SETTINGS if env.get(n, "")), None)
+    if name is None:
+        return
+    if not urls:
+        raise ConfigError(
+            f"{name} is set but KRENALIS_NATS_URL is not: the embedded nats-server listens on "
+            "loopback without TLS; set KRENALIS_NATS_URL to your TLS servers, or unset " + name
+        )
+    if any(u.startswith("ws://") for u in urls):
+        raise ConfigError(
+            f"{name} is set but KRENALIS_NATS_URL has ws:// URLs, which never use TLS; "
+            "write them wss://"
+        )
 
 
 def _replicas(raw: str) -> int:
@@ -308,6 +448,36 @@ def _port(raw: str) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
         raise ConfigError(f'KRENALIS_HTTP_PORT must be a valid port (1-65535), got "{raw}"')
     return int(raw)
+
+
+def _trusted_proxies(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        try:
+            # Not strict: "10.1.2.3/8" means 10.0.0.0/8; a bare address is one host.
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f'KRENALIS_TRUSTED_PROXIES contains "{item}", which is not an IP address or '
+                "network; expected a comma-separated list such as 10.0.0.0/8, 192.168.1.7"
+            ) from None
+    return tuple(networks)
+
+
+def _metrics_addr(raw: str) -> tuple[str, int]:
+    if raw == "":
+        return DEFAULT_METRICS_ADDR
+    host, _, port = raw.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    # An IPv6 address needs its brackets, or its last group would read as the port.
+    unclear = (":" in host and not bracketed) or any(c.isspace() or c in "[]/" for c in host)
+    if not host or unclear or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(
+            "KRENALIS_METRICS_ADDR must be host:port, such as 127.0.0.1:9464, [::1]:9464 or "
+            f'0.0.0.0:9464 (every interface), got "{raw}"'
+        )
+    return host, int(port)
 
 
 def _int_range(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

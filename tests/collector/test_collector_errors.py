@@ -117,9 +117,11 @@ async def test_invalid_json(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/track", content=b"{", headers=bearer())
     message = assert_error(response, 400, "BadRequest", "error parsing the request body as JSON")
     assert "not terminated" in message
+    # Deep nesting is JSON: its one event is rejected alone (tests/security/test_bad_input.py).
     nested = b"[" * 100_000 + b"]" * 100_000
     response = await client.post("/v1/events", content=nested, headers=bearer())
-    assert_error(response, 400, "BadRequest", "error parsing the request body as JSON")
+    assert response.status_code == 200
+    assert response.json()["rejected"][0]["index"] == 0
 
 
 async def test_body_shapes_refused_as_a_whole(client: httpx.AsyncClient) -> None:
@@ -305,5 +307,5 @@ async def test_errors_carry_no_cache_and_cors_headers(client: httpx.AsyncClient)
         "/v1/batch", content=batch_body(), headers={**bearer(OTHER_KEY), "Origin": origin}
     )
     assert response.status_code == 401
-    assert response.headers["access-control-allow-origin"] == origin
+    assert response.headers["access-control-allow-origin"] == "*"  # no source lists origins
     assert "no-store" in response.headers["cache-control"]

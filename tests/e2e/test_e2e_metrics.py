@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 from e2e_support import WRITE_KEY, file_events, make_event, post_events, wait_for
 
+from krenalis.runtime.processes import free_port
+
 WORKSPACE = f"""
 sources:
   web:
@@ -31,8 +33,12 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 async def test_metrics_match_what_was_sent_and_delivered(deployment):
     deployment.write_workspace(WORKSPACE)
+    metrics_url = f"http://127.0.0.1:{free_port()}/metrics"  # its own address, not the ingest port
     serve = deployment.start(
-        "serve", KRENALIS_PROMETHEUS_METRICS_ENABLED="true", KRENALIS_HTTP_WORKERS="2"
+        "serve",
+        KRENALIS_PROMETHEUS_METRICS_ENABLED="true",
+        KRENALIS_HTTP_WORKERS="2",
+        KRENALIS_METRICS_ADDR=metrics_url.removeprefix("http://").removesuffix("/metrics"),
     )
     await serve.wait_healthy()
     await serve.wait_log("Collector listening.", count=2)  # the second process shares the port
@@ -50,7 +56,7 @@ async def test_metrics_match_what_was_sent_and_delivered(deployment):
 
     async def scrape() -> str:
         async with httpx.AsyncClient() as client:
-            return (await client.get(f"{serve.base_url}/metrics")).text
+            return (await client.get(metrics_url)).text
 
     async def delivered_all() -> str | None:
         text = await scrape()
@@ -67,3 +73,5 @@ async def test_metrics_match_what_was_sent_and_delivered(deployment):
     assert sample(text, "krenalis_events_filtered_out_total", pipeline="web-archive") == 80
     assert sample(text, "krenalis_http_requests_total", status="200") == 11
     assert WRITE_KEY not in text
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{serve.base_url}/metrics")).status_code == 404

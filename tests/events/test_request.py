@@ -8,7 +8,7 @@ import pytest
 from krenalis.errors import RequestError
 from krenalis.events import MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 
-from ._helpers import decode, track
+from ._helpers import REMOTE_IP, decode, track
 
 
 def error(body: object, **options: object) -> RequestError:
@@ -25,11 +25,15 @@ def error(body: object, **options: object) -> RequestError:
         (b"[1,", "error parsing the request body as JSON: it is not terminated"),
         (b'{"a":1,}', "error parsing the request body as JSON: trailing comma in object (byte 7)"),
         (b"[1] x", "error parsing the request body as JSON: trailing characters (byte 5)"),
-        (b'["\xff"]', "error parsing the request body as JSON: it is not valid UTF-8"),
+        (b"\xff\xfe", "error parsing the request body as JSON: invalid character (byte 0)"),
+        (b'["\\q"]', "error parsing the request body as JSON: invalid escaped character (byte 3)"),
+        (b"[" * 5000, "error parsing the request body as JSON: it is not terminated"),
+        (b"1e400", "request's content is not a valid JSON object or array"),
         (
-            b"[" * 5000 + b"]" * 5000,
-            "error parsing the request body as JSON: it is nested too deeply",
+            b'{"batch":[{}],"context":{"n":1e400}}',
+            "property 'context' cannot be decoded: number out of range",
         ),
+        (b'{"batch":[1e400]', "error parsing the request body as JSON: it is not terminated"),
         (b"5", "request's content is not a valid JSON object or array"),
         (b'"text"', "request's content is not a valid JSON object or array"),
         (b"null", "request's content is not a valid JSON object or array"),
@@ -206,12 +210,12 @@ def test_forwarded_for_gives_the_client_address(forwarded_for: str, ip: str) -> 
     assert decoded.events[0]["context"]["ip"] == ip
 
 
-@pytest.mark.parametrize("forwarded_for", ["unknown", "1.2.3", "fe80::1%eth0", "[::1", "1.2.3.4:x"])
-def test_invalid_forwarded_for(forwarded_for: str) -> None:
-    exc = error([track()], forwarded_for=forwarded_for)
-    assert (
-        exc.message == "address specified in the 'X-Forwarded-For' header is not a valid IP address"
-    )
+@pytest.mark.parametrize(
+    "forwarded_for", ["unknown", "1.2.3", "fe80::1%eth0", "[::1", "1.2.3.4:x", "1" * 65_536]
+)
+def test_invalid_forwarded_for_falls_back_to_the_peer(forwarded_for: str) -> None:
+    decoded = decode([track()], forwarded_for=forwarded_for)
+    assert decoded.events[0]["context"]["ip"] == REMOTE_IP
 
 
 def test_invalid_remote_ip_is_an_internal_error() -> None:

@@ -55,9 +55,20 @@ def test_skew_uses_the_untruncated_received_at() -> None:
     assert event["originalTimestamp"] == "2026-11-26T05:29:02.000Z"
 
 
-def test_original_timestamp_needs_timestamp_and_both_are_kept() -> None:
-    message = "property 'timestamp' is required if the property 'originalTimestamp' is present"
-    assert reason(track(originalTimestamp="2026-11-26T05:00:00Z")) == message
+def test_original_timestamp_alone_is_the_client_clock_and_is_corrected() -> None:
+    # RudderStack's SDKs send originalTimestamp and sentAt; Segment's rule is the same:
+    # timestamp = receivedAt - (sentAt - originalTimestamp). Client clock 1 hour behind.
+    body = {
+        "batch": [track(originalTimestamp="2026-11-26T04:29:00.000Z")],
+        "sentAt": "2026-11-26T04:29:01Z",
+    }
+    event = decode(body).events[0]
+    assert event["originalTimestamp"] == "2026-11-26T04:29:00.000Z"
+    assert event["timestamp"] == "2026-11-26T05:29:01.123Z"
+
+
+def test_original_timestamp_and_timestamp_are_both_kept() -> None:
+    # Both sent: the event was corrected before (a replay, a relay); sentAt changes nothing.
     event = one(
         track(
             originalTimestamp="2026-11-26T05:00:00+01:00",

@@ -98,7 +98,9 @@ def test_exported_members() -> None:
         "EVENT_TYPES",
         "MAX_BATCH_EVENTS",
         "MAX_BODY_BYTES",
+        "MAX_DEPTH",
         "MAX_EVENT_BYTES",
+        "MAX_ID_LENGTH",
         "DecodedRequest",
         "ParsedRequest",
         "Rejection",
@@ -112,6 +114,7 @@ def test_exported_members() -> None:
     assert all(hasattr(krenalis.events, name) for name in exported)
     assert krenalis.events.EVENT_TYPES == ("track", "page", "screen", "identify", "group", "alias")
     assert (krenalis.events.MAX_BODY_BYTES, krenalis.events.MAX_EVENT_BYTES) == (512_000, 32_768)
+    assert (krenalis.events.MAX_DEPTH, krenalis.events.MAX_ID_LENGTH) == (64, 255)
 
 
 def test_every_published_event_decodes() -> None:

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import psycopg
@@ -121,9 +122,10 @@ Receiver = WebhookReceiver
 # -- NATS ------------------------------------------------------------------------------------------
 
 
-async def stream_counts(nats_url: str) -> tuple[int, int]:
-    """(messages in EVENTS, messages in EVENTS_DLQ); `nats_url` may list several servers."""
-    nc = await nats.connect(nats_url.split(","), max_reconnect_attempts=3)
+async def stream_counts(nats_url: str, **options: Any) -> tuple[int, int]:
+    """(messages in EVENTS, messages in EVENTS_DLQ); `nats_url` may list several servers;
+    `options` go to nats.connect (the embedded server's key: nkeys_seed=<its file>)."""
+    nc = await nats.connect(nats_url.split(","), max_reconnect_attempts=3, **options)
     try:
         js = nc.jetstream(timeout=10)
         events = await js.stream_info(STREAM)
@@ -133,9 +135,9 @@ async def stream_counts(nats_url: str) -> tuple[int, int]:
         await nc.close()
 
 
-async def dead_letter_reasons(nats_url: str) -> list[tuple[str, str]]:
+async def dead_letter_reasons(nats_url: str, **options: Any) -> list[tuple[str, str]]:
     """(messageId, reason) of every dead letter."""
-    nc = await nats.connect(nats_url.split(","), max_reconnect_attempts=3)
+    nc = await nats.connect(nats_url.split(","), max_reconnect_attempts=3, **options)
     try:
         letters = await list_dead_letters(nc.jetstream(timeout=10), limit=100)
         return [(letter.message_id, letter.reason) for letter in letters]

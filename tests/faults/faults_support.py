@@ -271,6 +271,7 @@ async def verify(
     also: set[str] = frozenset(),
     clock: FaultClock | None = None,
     timeout: float = 90.0,
+    nats_options: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """The exact checks, after `load.stop()`: every accepted event (the load's, plus `also`)
     at every destination (the warehouse exactly once), nothing else there, EVENTS empty, no
@@ -280,16 +281,17 @@ async def verify(
     assert load.accepted == load.sent, f"{len(load.sent - load.accepted)} events never got a 200"
     expected = load.accepted | also
     url = nats_url() if callable(nats_url) else nats_url
+    options = nats_options or {}
     try:
         await watcher.wait_for(expected, timeout, "accepted events")
     except AssertionError as exc:
-        letters = await dead_letter_reasons(url)
+        letters = await dead_letter_reasons(url, **options)
         raise AssertionError(f"{exc}; dead letters (messageId, reason): {letters[:5]}") from None
-    letters = await dead_letter_reasons(url)
+    letters = await dead_letter_reasons(url, **options)
     assert not letters, f"{len(letters)} accepted events were dead-lettered: {letters[:5]}"
     # Delivered is not yet acked: an ack lost with a connection comes back after AckWait.
     deadline = time.monotonic() + 60
-    while (counts := await stream_counts(url))[0] and time.monotonic() < deadline:
+    while (counts := await stream_counts(url, **options))[0] and time.monotonic() < deadline:
         await asyncio.sleep(0.25)
     assert counts == (0, 0), f"EVENTS holds {counts[0]} messages, EVENTS_DLQ {counts[1]}"
     if clock is not None:
@@ -371,9 +373,11 @@ async def exercise(
     warmup: float = 2.0,
     after: float = 1.0,
     rate: float = 250.0,
+    nats_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole run: load, fault, recovery, exact checks, figures."""
+    """The whole run: load, fault, recovery, exact checks, figures. `nats_options` go to
+    nats.connect (the embedded server's key: nkeys_seed=<its file>)."""
     async with LoadGenerator(base_url, rate=rate) as load, Watcher(probes) as watcher:
         await run_fault(load, watcher, clock, inject, warmup=warmup, after=after)
-        duplicates = await verify(load, watcher, nats_url, clock=clock)
+        duplicates = await verify(load, watcher, nats_url, clock=clock, nats_options=nats_options)
     return record(clock, load, watcher, duplicates)

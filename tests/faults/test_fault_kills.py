@@ -83,7 +83,8 @@ def embedded_nats_url(data_dir: Path) -> str:
 def embedded_dsn(data_dir: Path) -> str:
     text = (data_dir / "postgres" / "krenalis.conf").read_text()
     port = int(re.search(r"^port = (\d+)$", text, re.MULTILINE).group(1))
-    return f"postgresql://postgres@127.0.0.1:{port}/krenalis"
+    passfile = data_dir / "postgres" / "krenalis.pgpass"  # serve's password file
+    return f"postgresql://krenalis@127.0.0.1:{port}/krenalis?passfile={passfile}"
 
 
 def postgres_pids(data_dir: Path) -> list[int]:
@@ -134,7 +135,10 @@ async def serve_under_load(stack_factory, *, whole: bool, name: str) -> None:
             # One nats-server on the store: a second one would write the same files.
             assert len(nats_servers_on(data)) == 1, nats_servers_on(data)
 
-        await exercise(serve.base_url, probes, clock, inject, lambda: embedded_nats_url(data))
+        key = {"nkeys_seed": str(data / "nats" / "krenalis-user.nk")}  # serve's NATS key
+        await exercise(
+            serve.base_url, probes, clock, inject, lambda: embedded_nats_url(data), nats_options=key
+        )
     if embedded_nats_url(data) != nats_url:
         raise AssertionError(
             f"bug: the restarted serve's nats-server moved from {nats_url} to "

@@ -20,8 +20,14 @@ from rich.console import Console
 from fixtures.cli import run_cli as _main
 from fixtures.nats_servers import settings_for
 from krenalis.config import Settings
+from krenalis.ops.keys import public_key_from_seed
 from krenalis.ops.status import watch
-from krenalis.runtime.nats_server import EmbeddedNats
+from krenalis.runtime.nats_server import (
+    EmbeddedNats,
+    create_local_seed,
+    local_seed_path,
+    nkey_authorization,
+)
 from krenalis.runtime.processes import free_port
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.deadletters import dead_letter
@@ -154,22 +160,28 @@ async def test_status_without_a_stored_workspace_still_shows_consumers(
 
 
 async def test_status_finds_the_embedded_server_of_serve(
-    nats_server: EmbeddedNats, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KRENALIS_DATA_DIR", str(tmp_path / "data"))
     code, _, err = await _cli(capsys, "status")
     assert code == 2 and "KRENALIS_NATS_URL is not set" in err and "krenalis serve" in err
 
-    port_file = tmp_path / "data" / "nats" / "port"
+    store = tmp_path / "data" / "nats"
+    port_file = store / "port"
     port_file.parent.mkdir(parents=True)
     port_file.write_text(str(free_port()))
     code, _, err = await _cli(capsys, "status")
     assert code == 1 and "where nothing listens" in err
 
-    port_file.write_text(str(nats_server.port))
-    snapshot = await _status(capsys)
-    assert snapshot["stream"] == {"name": "EVENTS", "exists": False}
+    # As serve runs it: open only to the key in the data directory, which status reads there.
+    block = nkey_authorization(public_key_from_seed(create_local_seed(store)))
+    with EmbeddedNats(store, auth_block=block, remember_port=True):
+        snapshot = await _status(capsys)
+        assert snapshot["stream"] == {"name": "EVENTS", "exists": False}
+
+        local_seed_path(store).unlink()
+        code, _, err = await _cli(capsys, "status")
+        assert code == 1 and f"{local_seed_path(store)} is missing" in err
 
 
 async def test_watch_refreshes(

@@ -139,3 +139,8 @@ def test_shard_of() -> None:
     assert shard_of("anything", 1) == 0
     assert shard_of("anon-1", 4) == fnv1a_32(b"anon-1") % 4
     assert shard_of("ünï", 5) == fnv1a_32("ünï".encode()) % 5
+
+
+def test_shard_of_a_key_longer_than_an_id_is_the_same_hash_uncached() -> None:
+    long_key = "k" * 1_000  # longer than any id the collector accepts: not kept in the cache
+    assert shard_of(long_key, 7) == fnv1a_32(long_key.encode()) % 7

@@ -200,7 +200,7 @@ ERRORS = [
     (
         f'sources:\n  website:\n    wirte_key: "{KEY_A}"\n',
         "wirte_key",
-        'unknown key "wirte_key" in source "website" (allowed: write_key)',
+        'unknown key "wirte_key" in source "website" (allowed: write_key, allowed_origins)',
     ),
     (
         SOURCE + "pipelines:\n  website-crm:\n    source: webshop\n    to: warehouse\n",
@@ -258,7 +258,7 @@ ERRORS = [
     (
         SOURCE + "destinations:\n  crm:\n    type: file\n    path: /tmp/x\n    url: https://x.io\n",
         "url:",
-        'unknown key "url" in destination "crm" (allowed: type, path, retry_window)',
+        'unknown key "url" in destination "crm" (allowed: type, path, mode, retry_window)',
     ),
     (
         SOURCE + "destinations:\n  warehouse:\n    type: file\n    path: /tmp/x\n",
@@ -437,7 +437,7 @@ DECLARED_ERRORS = [
     (
         DESTINATION + "    secret: 5\n",
         "secret",
-        'destination "c": secret must be a non-empty string',
+        'destination "c": secret must be a non-empty string or a list',
     ),
     (
         DESTINATION + "    colour: red\n",
@@ -508,7 +508,7 @@ def test_hard_coded_line_numbers() -> None:
     text = f'sources:\n  website:\n    write_key: "{KEY_A}"\n\n  website:\n    write_key: x\n'
     assert error_of(text) == 'krenalis.yaml:5: duplicate key "website"'
     assert error_of("sources:\n  a:\n    b: 1\n") == (
-        'krenalis.yaml:3: unknown key "b" in source "a" (allowed: write_key)'
+        'krenalis.yaml:3: unknown key "b" in source "a" (allowed: write_key, allowed_origins)'
     )
 
 

@@ -1,15 +1,18 @@
-"""FileSink against real files."""
+"""FileSink against real files, and the modes it creates them with."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
+from krenalis.errors import WorkspaceError
 from krenalis.sinks.base import DELIVERED, Rejected, Retry
 from krenalis.sinks.file import FileOptions, FileSink
+from krenalis.workspace.load import parse_workspace
 
 
 def event(n: int, received_at: str = "2026-11-26T05:29:02.123Z") -> dict:
@@ -143,3 +146,77 @@ async def test_options_build_a_sink_writing_to_their_path(tmp_path: Path) -> Non
     sink = FileOptions(path=str(tmp_path / "archive")).build()
     assert await sink.write([event(1)]) == [DELIVERED]
     assert len(read_lines(tmp_path / "archive" / "events-2026-11-26.ndjson")) == 1
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_files_and_directories_are_created_private(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path / "a" / "b")
+    await sink.write([event(1)])
+    assert mode_of(tmp_path / "a" / "b" / "events-2026-11-26.ndjson") == 0o600
+    assert mode_of(tmp_path / "a") == mode_of(tmp_path / "a" / "b") == 0o700
+
+
+@pytest.mark.parametrize(
+    ("mode", "file_mode", "dir_mode"),
+    [(0o600, 0o600, 0o700), (0o640, 0o640, 0o750), (0o644, 0o644, 0o755), (0o660, 0o660, 0o770)],
+)
+async def test_a_mode_sets_the_files_and_the_directories(
+    tmp_path: Path, mode: int, file_mode: int, dir_mode: int
+) -> None:
+    previous = os.umask(0o077)  # the mode asked for wins over the umask
+    try:
+        await FileSink(tmp_path / "out", mode=mode).write([event(1)])
+    finally:
+        os.umask(previous)
+    assert mode_of(tmp_path / "out" / "events-2026-11-26.ndjson") == file_mode
+    assert mode_of(tmp_path / "out") == dir_mode
+
+
+async def test_existing_files_and_directories_keep_their_modes(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    (tmp_path / "events-2026-11-26.ndjson").touch(mode=0o644)
+    (tmp_path / "events-2026-11-26.ndjson").chmod(0o644)
+    await FileSink(tmp_path).write([event(1), event(2, "2026-11-27T00:00:00Z")])
+    assert mode_of(tmp_path) == 0o755
+    assert mode_of(tmp_path / "events-2026-11-26.ndjson") == 0o644  # someone chose it
+    assert mode_of(tmp_path / "events-2026-11-27.ndjson") == 0o600  # new: private
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o400, 0o4600, 0o1600])
+def test_a_mode_with_more_than_read_and_write_fails_at_construction(
+    tmp_path: Path, mode: int
+) -> None:
+    with pytest.raises(ValueError, match="read and write bits only"):
+        FileSink(tmp_path, mode=mode)
+
+
+def destination(mode_line: str) -> str:
+    return f"destinations:\n  archive:\n    type: file\n    path: /tmp/x\n{mode_line}"
+
+
+@pytest.mark.parametrize(
+    ("line", "mode"),
+    [("", 0o600), ('    mode: "0640"\n', 0o640), ("    mode: '644'\n", 0o644)],
+)
+def test_the_mode_option_is_quoted_octal(line: str, mode: int) -> None:
+    options = parse_workspace(destination(line), "krenalis.yaml").destinations["archive"].options
+    assert isinstance(options, FileOptions) and options.mode == mode
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("    mode: 0640\n", 'in quotes, such as "0640" (unquoted, YAML reads a number), got 416'),
+        ('    mode: "0755"\n', "read and write bits only, the owner's included, got '0755'"),
+        ('    mode: "0440"\n', "the owner's included, got '0440'"),
+        ('    mode: "rw-r-----"\n', "got 'rw-r-----'"),
+    ],
+)
+def test_a_bad_mode_names_the_line_and_what_is_accepted(line: str, reason: str) -> None:
+    with pytest.raises(WorkspaceError) as error:
+        parse_workspace(destination(line), "krenalis.yaml")
+    assert str(error.value).startswith('krenalis.yaml:5: destination "archive": mode must be ')
+    assert str(error.value).endswith(reason)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +21,8 @@ from krenalis.sinks.webhook import WebhookOptions, WebhookSink, classify, sign, 
 from krenalis.workspace.values import Duration
 from sinks.webhook_receiver import ReceivedRequest, Response, WebhookReceiver, unused_url
 
-SECRET = "whsec-test-0123456789"
+KEY = bytes(range(32))
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
 
 
 def event(n: int, user: str = "user-a") -> dict:
@@ -72,15 +75,17 @@ async def test_delivered_with_headers_and_a_valid_signature(rx, make_sink) -> No
     assert request.headers["user-agent"] == f"krenalis-events/{__version__}"
     assert request.headers["idempotency-key"] == "website:msg-user-a-1"
     assert request.headers["authorization"] == "Bearer t0k"
-    signature = request.headers["x-krenalis-signature"]
-    assert verify_signature(SECRET, signature, request.body)
-    assert not verify_signature("another-secret", signature, request.body)
-    assert SECRET not in str(request.headers)
+    assert request.headers["webhook-id"] == "website:msg-user-a-1"
+    assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 60
+    assert verify_signature(SECRET, request.headers, request.body)
+    assert not verify_signature("another-secret", request.headers, request.body)
+    assert SECRET not in str(request.headers) and KEY.hex() not in str(request.headers)
 
 
 async def test_no_signature_without_a_secret(rx, make_sink) -> None:
     assert await make_sink(rx.url).write([event(1)]) == [DELIVERED]
-    assert "x-krenalis-signature" not in rx.requests[0].headers
+    headers = rx.requests[0].headers
+    assert not {"webhook-id", "webhook-timestamp", "webhook-signature"} & set(headers)
 
 
 async def test_500_is_retried_then_delivered(rx, make_sink) -> None:
@@ -165,10 +170,12 @@ async def test_batch_mode_sends_one_request_for_all_events(rx, make_sink) -> Non
 
     first, second = rx.requests
     assert first.json == {"batch": events}
-    assert verify_signature(SECRET, first.headers["x-krenalis-signature"], first.body)
+    assert verify_signature(SECRET, first.headers, first.body)
     keys = "\n".join(f"website:{e['messageId']}" for e in events)
     assert first.headers["idempotency-key"] == hashlib.sha256(keys.encode()).hexdigest()
     assert second.headers["idempotency-key"] == first.headers["idempotency-key"]
+    assert second.headers["webhook-id"] == first.headers["webhook-id"]
+    assert first.headers["webhook-id"] == first.headers["idempotency-key"]
 
 
 async def test_batch_mode_rejection_applies_to_every_event(rx, make_sink) -> None:
@@ -401,25 +408,55 @@ def test_classify_ignores_bad_or_irrelevant_retry_after() -> None:
 # --- signatures --------------------------------------------------------------------------------
 
 
-def test_signature_scheme_is_hmac_of_timestamp_dot_body() -> None:
-    import hmac
-
+def test_signature_scheme_is_standard_webhooks() -> None:
     body = b'{"messageId":"m1"}'
-    header = sign(SECRET, body, timestamp=1_700_000_000)
-    expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert header == f"t=1700000000,v1={expected}"
+    headers = sign(SECRET, "website:m1", body, timestamp=1_700_000_000)
+    digest = hmac.new(KEY, b"website:m1.1700000000." + body, hashlib.sha256).digest()
+    assert headers == {
+        "webhook-id": "website:m1",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+    }
+    # A secret that is not "whsec_..." is its own key (the UTF-8 bytes), as before.
+    plain = sign("plain secret", "id", body, timestamp=1)["webhook-signature"]
+    expected = hmac.new(b"plain secret", b"id.1." + body, hashlib.sha256).digest()
+    assert plain == "v1," + base64.b64encode(expected).decode()
 
 
-def test_verify_signature_checks_body_secret_and_age() -> None:
+def test_verify_signature_checks_body_secret_id_and_age() -> None:
     body = b'{"messageId":"m1"}'
     now = int(time.time())
-    assert verify_signature(SECRET, sign(SECRET, body), body)
-    assert verify_signature(SECRET, sign(SECRET, body), body.decode())
-    assert not verify_signature(SECRET, sign(SECRET, body), body + b" ")
-    assert not verify_signature("wrong", sign(SECRET, body), body)
-    assert not verify_signature(SECRET, sign(SECRET, body, timestamp=now - 301), body)
-    assert verify_signature(SECRET, sign(SECRET, body, timestamp=now - 10), body, tolerance=60)
-    rotated = sign("old-secret", body) + "," + sign(SECRET, body).split(",")[1]
-    assert verify_signature(SECRET, rotated, body)
-    for garbage in ["", "t=abc,v1=00", "v1=00", f"t={now}"]:
-        assert not verify_signature(SECRET, garbage, body)
+    assert verify_signature(SECRET, sign(SECRET, "m1", body), body)
+    assert verify_signature(SECRET, sign(SECRET, "m1", body), body.decode())
+    assert verify_signature([SECRET, "old"], sign(SECRET, "m1", body), body)
+    assert not verify_signature(SECRET, sign(SECRET, "m1", body), body + b" ")
+    assert not verify_signature("wrong", sign(SECRET, "m1", body), body)
+    assert not verify_signature(SECRET, sign(SECRET, "m1", body) | {"webhook-id": "m2"}, body)
+    assert not verify_signature(SECRET, sign(SECRET, "m1", body, timestamp=now - 301), body)
+    assert not verify_signature(SECRET, sign(SECRET, "m1", body, timestamp=now + 301), body)
+    assert verify_signature(
+        SECRET, sign(SECRET, "m1", body, timestamp=now - 10), body, tolerance=60
+    )
+    upper = {k.upper(): v for k, v in sign(SECRET, "m1", body).items()}
+    assert verify_signature(SECRET, upper, body)  # header names in any case
+    assert verify_signature(SECRET, httpx.Headers(sign(SECRET, "m1", body)), body)
+    rotating = sign(["whsec_" + base64.b64encode(b"o" * 24).decode(), SECRET], "m1", body)
+    assert len(rotating["webhook-signature"].split(" ")) == 2
+    assert verify_signature(SECRET, rotating, body)
+    signed = sign(SECRET, "m1", body)
+    for name in signed:
+        assert not verify_signature(SECRET, {k: v for k, v in signed.items() if k != name}, body)
+    for garbage in ["", "v1", "v1,", "v1,!!!", "v2," + signed["webhook-signature"][3:]]:
+        assert not verify_signature(SECRET, signed | {"webhook-signature": garbage}, body)
+    for garbage in ["", "abc", "-5", "1e9", "١٢٣", str(now) + ".5", "9" * 5000]:
+        assert not verify_signature(SECRET, signed | {"webhook-timestamp": garbage}, body)
+
+
+@pytest.mark.parametrize("secret", ["whsec_", "whsec_not base64!", "whsec_===="])
+def test_a_whsec_secret_must_hold_a_key(secret: str) -> None:
+    with pytest.raises(ValueError, match="base64") as info:
+        WebhookOptions(url="https://example.com/hook", secret=secret)
+    hidden = secret.removeprefix("whsec_")
+    assert not hidden or hidden not in str(info.value)  # the secret is never shown
+    with pytest.raises(ValueError, match=r"secret\[1\]"):
+        WebhookOptions(url="https://example.com/hook", secret=[SECRET, secret])

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from fixtures.nats_servers import connected, settings_for
-from krenalis.errors import ServerTooOldError
+from krenalis.errors import NatsAuthError, ServerTooOldError
 from krenalis.runtime.nats_server import EmbeddedNats
 from krenalis.runtime.processes import free_port
-from krenalis.stream.connection import NatsConnection, check_server_version
+from krenalis.stream.connection import NatsConnection, check_server_version, connect_options
 from krenalis.stream.layout import STREAM
 from krenalis.stream.publisher import Publisher, copy_for
 
@@ -90,6 +90,24 @@ async def test_connect_timeout_when_nothing_listens():
     conn = NatsConnection(settings_for(f"nats://127.0.0.1:{free_port()}"))
     with pytest.raises(TimeoutError, match="cannot connect to NATS"):
         await conn.connect(timeout=1.0)
+
+
+def test_connect_options_carry_tls_only_when_asked():
+    plain = connect_options(settings_for("nats://127.0.0.1:4222"))
+    assert "tls" not in plain and "tls_hostname" not in plain
+    named = settings_for("tls://10.0.0.7:4222", KRENALIS_NATS_TLS_SERVER_NAME="nats.internal")
+    options = connect_options(named)
+    # No CA given: nats-py verifies with the system's CAs, against the name given.
+    assert options["tls_hostname"] == "nats.internal" and "tls" not in options
+    assert named.nats_tls
+
+
+async def test_a_plain_server_is_refused_when_tls_is_required(nats_server: EmbeddedNats):
+    url = nats_server.url.replace("nats://", "tls://")
+    conn = NatsConnection(settings_for(url))
+    with pytest.raises(NatsAuthError, match="does not require TLS"):
+        await conn.connect(timeout=5)
+    assert conn.nc.is_closed
 
 
 def test_server_version_check():

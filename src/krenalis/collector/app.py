@@ -4,7 +4,9 @@ Endpoints (POST):
 - Krenalis form: /v1/events (a batch envelope, a bare array or a single event) and
   /v1/events/{track|page|screen|identify|group|alias};
 - Segment form: /v1/batch and /v1/{track|page|screen|identify|group|alias}.
-Plus GET /health, GET /metrics (when enabled) and CORS preflight on every path.
+Plus GET /health and CORS preflight on every path (see :mod:`krenalis.collector.cors`).
+/metrics is not here: :class:`MetricsApp` serves it on its own address (KRENALIS_METRICS_ADDR),
+so that the public ingestion port does not show traffic and pipeline names to anyone.
 
 A 200 means every copy of every valid event (one per pipeline that takes it) is stored in the
 EVENTS stream. Invalid events inside a valid request are listed in the answer, not stored.
@@ -12,6 +14,7 @@ EVENTS stream. Invalid events inside a valid request are listed in the answer, n
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -26,7 +29,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from krenalis import metrics
-from krenalis.collector.http import error_body, header, read_body, send_json
+from krenalis.collector.cors import PREFLIGHT, CorsPolicy, refused
+from krenalis.collector.http import (
+    BODY_DEADLINE,
+    error_body,
+    forwarded_for,
+    header,
+    read_body,
+    send_json,
+)
 from krenalis.errors import PublishError, RequestError
 from krenalis.events import EVENT_TYPES, build_events, encode_event, parse_request
 from krenalis.pipelines.routing import Router
@@ -34,18 +45,12 @@ from krenalis.stream.connection import NatsConnection
 from krenalis.stream.publisher import OutMessage, Publisher, copy_for
 from krenalis.workspace.model import Source, Workspace
 
-__all__ = ["Collector"]
+__all__ = ["Collector", "MetricsApp"]
 
 log = logging.getLogger("krenalis.collector")
 
 _TYPED = {f"/v1/{t}": t for t in EVENT_TYPES} | {f"/v1/events/{t}": t for t in EVENT_TYPES}
 _GENERIC = ("/v1/events", "/v1/batch")
-_CORS = [
-    (b"access-control-allow-methods", b"POST, OPTIONS"),
-    (b"access-control-allow-headers", b"Authorization, Content-Type, Content-Encoding"),
-    (b"access-control-allow-credentials", b"true"),
-    (b"access-control-max-age", b"86400"),
-]
 _NO_STORE = [(b"cache-control", b"no-store, max-age=0")]
 _BAD_AUTH = (
     'Authorization header is invalid; use "Authorization: Bearer <WRITE_KEY>" or HTTP Basic '
@@ -55,6 +60,9 @@ _BAD_AUTH = (
 
 class Collector:
     """The ASGI application. `set_workspace` swaps sources and routes live (reloads)."""
+
+    #: Seconds a request's whole body may take to arrive (408 past it).
+    body_deadline: float = BODY_DEADLINE
 
     def __init__(self, conn: NatsConnection, workspace: Workspace, revision: int = 0) -> None:
         self.conn = conn
@@ -72,6 +80,7 @@ class Collector:
         self.workspace = workspace
         self.revision = revision
         self.router = Router(workspace)
+        self.cors = CorsPolicy(workspace)
         self._filtered_reported = dict.fromkeys(self.router.filtered, 0)
 
     @property
@@ -89,17 +98,26 @@ class Collector:
             return
         path = scope["path"].rstrip("/") or "/"
         method = scope["method"]
-        origin = [(b"access-control-allow-origin", (header(scope, b"origin") or "*").encode())]
+        origin = header(scope, b"origin")
+        cors = self.cors.headers(origin)
         if method == "OPTIONS":
-            await _empty(send, 204, origin + _CORS)
+            await self._preflight(send, origin, cors)
         elif path == "/health" and method in ("GET", "HEAD"):
             await self._health(send)
-        elif path == "/metrics" and self.settings.metrics_enabled and method == "GET":
-            await _metrics(send, self.settings.metrics_dir)
         elif path in _TYPED or path in _GENERIC:
-            await self._ingest(scope, receive, send, _TYPED.get(path), origin)
+            await self._ingest(scope, receive, send, origin, cors)
         else:
-            await send_json(send, 404, error_body("NotFound", f"no endpoint at {path}"), origin)
+            body = error_body("NotFound", f"no endpoint at {path}")
+            await send_json(send, 404, body, cors)
+
+    async def _preflight(self, send: Callable, origin: str | None, cors: list | None) -> None:
+        """A browser asking whether a page may POST here: the source is not known yet (no
+        write key), so the answer is the workspace's (see krenalis.collector.cors)."""
+        if cors is None:
+            exc = refused(origin or "")
+            await send_json(send, exc.status, error_body(exc.code, exc.message), exc.headers)
+            return
+        await _empty(send, 204, cors + PREFLIGHT)
 
     async def _health(self, send: Callable) -> None:
         usable = self.conn.usable
@@ -111,10 +129,10 @@ class Collector:
         await send_json(send, 200 if usable else 503, body)
 
     async def _ingest(
-        self, scope: dict, receive: Callable, send: Callable, event_type: str | None, cors: list
+        self, scope: dict, receive: Callable, send: Callable, origin: str | None, cors: list | None
     ) -> None:
         started = time.perf_counter()
-        headers = cors + _NO_STORE
+        headers = _NO_STORE
         try:
             if scope["method"] != "POST":
                 raise RequestError(
@@ -123,30 +141,36 @@ class Collector:
                     code="MethodNotAllowed",
                     headers=[(b"allow", b"POST, OPTIONS")],
                 )
-            status, body = await self._handle(scope, receive)
+            status, body = await self._handle(scope, receive, origin)
         except RequestError as exc:
             status, body = exc.status, error_body(exc.code, exc.message)
-            headers += exc.headers
+            headers = headers + exc.headers
+            if status == 403:  # an origin its source refuses: no CORS answer for that page
+                cors = None
         except ConnectionResetError:
             return  # the client went away; nothing to answer
         metrics.REQUESTS.labels(str(status)).inc()
         metrics.REQUEST_LATENCY.observe(time.perf_counter() - started)
-        await send_json(send, status, body, headers)
+        await send_json(send, status, body, (cors or []) + headers)
 
-    async def _handle(self, scope: dict, receive: Callable) -> tuple[int, dict]:
+    async def _handle(self, scope: dict, receive: Callable, origin: str | None) -> tuple[int, dict]:
         _check_content_type(header(scope, b"content-type"))
         source = self._source_from_header(scope)
-        body = await read_body(scope, receive)
+        if source is not None:  # refused before its body is read
+            self.cors.check(source, origin)
+        body = await read_body(scope, receive, self.body_deadline)
         received_at = datetime.now(UTC)
         request = parse_request(body, event_type=_event_type(scope))
         # Who sent it is settled before the work of validating every event.
-        source = source or self._source_from_body(request.write_key)
+        if source is None:
+            source = self._source_from_body(request.write_key)
+            self.cors.check(source, origin)
         decoded = build_events(
             request,
             source_id=source.id,
             received_at=received_at,
             remote_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
-            forwarded_for=header(scope, b"x-forwarded-for"),
+            forwarded_for=forwarded_for(scope, self.settings.trusted_proxies),
         )
         if not await self.conn.wait_usable():
             raise _unavailable("the event stream (NATS) is not reachable right now")
@@ -287,21 +311,42 @@ async def _empty(send: Callable, status: int, headers: list) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _metrics(send: Callable, shared_dir: Path | None) -> None:
-    if shared_dir is not None:  # serve's processes write there; this one answers for all
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        data = generate_latest(registry)
-    else:
-        data = generate_latest()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
+class MetricsApp:
+    """GET /metrics in the Prometheus text format, for the listener on KRENALIS_METRICS_ADDR.
+
+    With ``shared_dir`` (serve's processes write their metrics there), the answer sums every
+    process of the serve; without it, this process's own.
+    """
+
+    def __init__(self, shared_dir: Path | None) -> None:
+        self.shared_dir = shared_dir
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
+            body = error_body("NotFound", "metrics are at GET /metrics")
+            await send_json(send, 404, body)
+            return
+        # Reading the shared files is disk work: off the loop, which serves ingestion too.
+        data = await asyncio.to_thread(_scrape, self.shared_dir)
+        headers = [
+            (b"content-type", CONTENT_TYPE_LATEST.encode()),
+            (b"content-length", str(len(data)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+
+def _scrape(shared_dir: Path | None) -> bytes:
+    if shared_dir is None:
+        return generate_latest()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(shared_dir))
+    return generate_latest(registry)
 
 
 async def _lifespan(receive: Callable, send: Callable) -> None:

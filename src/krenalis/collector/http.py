@@ -1,9 +1,12 @@
-"""Small ASGI helpers for the collector: reading a bounded (maybe gzipped) body, JSON answers."""
+"""Small ASGI helpers for the collector: reading a bounded (maybe gzipped) body in bounded
+time, the X-Forwarded-For to believe, JSON answers."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -11,7 +14,7 @@ import msgspec
 from krenalis.errors import RequestError
 from krenalis.events import MAX_BODY_BYTES
 
-__all__ = ["error_body", "header", "read_body", "send_json"]
+__all__ = ["error_body", "forwarded_for", "header", "read_body", "send_json"]
 
 Scope = dict[str, Any]
 
@@ -19,6 +22,13 @@ _encoder = msgspec.json.Encoder()
 
 #: Seconds a request body may stop arriving before the request is refused (408).
 BODY_IDLE_TIMEOUT = 30.0
+#: Seconds the whole body may take, from the end of the headers (408 past it). The idle
+#: timeout alone lets a client that sends a byte every 29 s hold a request for hours; 60 s
+#: carries the 500 KiB limit at 8.5 KB/s, and SDKs send far less (gzipped).
+BODY_DEADLINE = 60.0
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -35,12 +45,14 @@ def too_large() -> RequestError:
     )
 
 
-async def read_body(scope: Scope, receive: Any) -> bytes:
+async def read_body(scope: Scope, receive: Any, deadline: float = BODY_DEADLINE) -> bytes:
     """The request body, gunzipped if needed; at most MAX_BODY_BYTES after decompression.
 
     A gzip bomb is refused as soon as its output passes the limit, without inflating the rest.
     The bytes received are limited too (as Content-Length is), so a chunked body that inflates
     to little or nothing (empty gzip members or deflate blocks) cannot be streamed for ever.
+    So is the time: the body must stop arriving for under BODY_IDLE_TIMEOUT seconds at a
+    time and be complete within ``deadline`` seconds (408 otherwise).
     """
     length = header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -57,16 +69,15 @@ async def read_body(scope: Scope, receive: Any) -> bytes:
     size = 0
     received = 0
     more = True
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
     while more:
+        idle_end = loop.time() + BODY_IDLE_TIMEOUT
         try:
-            async with asyncio.timeout(BODY_IDLE_TIMEOUT):
+            async with asyncio.timeout_at(min(idle_end, give_up)):
                 message = await receive()
         except TimeoutError:
-            raise RequestError(
-                f"the request body stopped arriving for {BODY_IDLE_TIMEOUT:g} seconds",
-                status=408,
-                code="RequestTimeout",
-            ) from None
+            raise _too_slow(deadline if give_up <= idle_end else None) from None
         if message["type"] == "http.disconnect":
             raise ConnectionResetError("client disconnected")
         chunk = message.get("body", b"")
@@ -83,6 +94,64 @@ async def read_body(scope: Scope, receive: Any) -> bytes:
     if inflater is not None and not inflater.complete:
         raise _bad_gzip()
     return b"".join(parts)
+
+
+def _too_slow(deadline: float | None) -> RequestError:
+    """408 for a body that stopped arriving, or (with ``deadline``) took too long in all. The
+    connection is closed: what the client still sends would otherwise be read as a request."""
+    if deadline is None:
+        reason = f"the request body stopped arriving for {BODY_IDLE_TIMEOUT:g} seconds"
+    else:
+        reason = f"the request body did not arrive within {deadline:g} seconds"
+    return RequestError(
+        reason, status=408, code="RequestTimeout", headers=[(b"connection", b"close")]
+    )
+
+
+def forwarded_for(scope: Scope, trusted: Sequence[_Network]) -> str | None:
+    """The X-Forwarded-For address to take as the client's, or None to take the peer's.
+
+    Only a peer in ``trusted`` (KRENALIS_TRUSTED_PROXIES) is believed; from anyone else the
+    header is ignored, so a client cannot choose its own context.ip. Each proxy appends the
+    address it saw, and what is left of it the client could have written: so the client is
+    the rightmost address that is not a trusted proxy (every header line counts, in order).
+    """
+    if not trusted:
+        return None
+    peer = _address((scope.get("client") or ("", 0))[0])
+    if peer is None or not _in(peer, trusted):
+        return None
+    items = [
+        item.strip()
+        for name, value in scope["headers"]
+        if name == b"x-forwarded-for"
+        for item in value.decode("latin-1").split(",")
+    ]
+    for item in reversed(items):
+        address = _address(item)
+        if address is None or not _in(address, trusted):
+            return item  # unreadable: events/ip.py decides what an unreadable item means
+    return items[0] if items else None
+
+
+def _in(address: _Address, networks: Sequence[_Network]) -> bool:
+    return any(address in network for network in networks)
+
+
+def _address(text: str) -> _Address | None:
+    """An address as a peer or a proxy writes it ("1.2.3.4", "1.2.3.4:5", "[::1]:5"), with
+    IPv4-mapped IPv6 (a dual-stack socket's) unmapped; None when it is not one."""
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _bad_gzip() -> RequestError:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from krenalis import metrics
+from krenalis.errors import ConfigError
 
 __all__ = ["HTTPServer", "listening_socket"]
 
@@ -28,7 +32,23 @@ class _HeadersTooLarge(Exception):
 class _Protocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with two limits it lacks. Without them a client makes the
     collector buffer headers of any size (a 200 MB header costs 200 MB), or holds a connection,
-    and a file descriptor, for ever by never finishing its headers (slowloris)."""
+    and a file descriptor, for ever by never finishing its headers (slowloris).
+
+    It also answers uvicorn's ``limit_concurrency`` itself: uvicorn's answer is a plain-text
+    503 without Retry-After and a warning logged per request, which under overload is a flood
+    of log lines; this one is the collector's JSON 503, counted in the requests metric.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_concurrency, self.limit_concurrency = self.limit_concurrency, None
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        limit = self.max_concurrency
+        # uvicorn's rule: this connection counts itself; the new task is not counted yet.
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = _too_busy
+        super()._start_asgi_task(cycle, app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -108,21 +128,44 @@ class _Protocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A listening socket with SO_REUSEPORT, so several collector processes share the port
-    and the kernel spreads connections over them (one Python process uses one core)."""
+async def _too_busy(scope: dict, receive: Any, send: Any) -> None:
+    """The answer past the concurrency limit: 503 (Segment SDKs retry it), and the connection
+    closes, which frees its slot."""
+    metrics.REQUESTS.labels("503").inc()
+    body = (
+        b'{"error":{"code":"ServiceUnavailable","message":"the collector is handling as many '
+        b'connections as it may (KRENALIS_HTTP_MAX_CONNECTIONS); retry shortly"}}'
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"2"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def listening_socket(
+    host: str, port: int, *, setting: str = "KRENALIS_HTTP_PORT", shared: bool = True
+) -> socket.socket:
+    """A listening socket. ``shared``: with SO_REUSEPORT, so several collector processes share
+    the port and the kernel spreads connections over them (one Python process uses one core).
+    ``setting`` is the variable a failure to listen names."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP (not 0) lets asyncio set TCP_NODELAY on accepted connections: without it
     # every keep-alive request after the first waits ~40 ms for Nagle's algorithm.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(
-            exc.errno, f"cannot listen on {host}:{port} ({exc.strerror}); set KRENALIS_HTTP_PORT"
+        # A port in use or a host that is not ours is the setting's problem: say which.
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); set {setting}"
         ) from None
     sock.listen(4096)
     sock.setblocking(False)
@@ -130,12 +173,27 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 class HTTPServer:
-    """uvicorn serving `app` on a socket, inside the caller's event loop and signal handling."""
+    """uvicorn serving `app` on a socket, inside the caller's event loop and signal handling.
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    ``max_connections`` (None: no limit) is uvicorn's ``limit_concurrency``: a request that
+    arrives while that many connections are open, or that many requests are being handled,
+    is answered 503 and its connection closed. ``name`` says what listens, in the log.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        sock: socket.socket,
+        *,
+        max_connections: int | None = None,
+        name: str = "Collector",
+    ) -> None:
         self.sock = sock
-        self.server = make_server(app)
+        self.name = name
+        self.server = make_server(app, max_connections)
         self.task: asyncio.Task[None] | None = None
+        if max_connections is not None:
+            _fit_open_files(max_connections)
 
     async def start(self) -> None:
         # _serve is serve() without uvicorn's own signal capture: the caller owns the signals.
@@ -146,7 +204,8 @@ class HTTPServer:
                 raise RuntimeError("the HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
         host, port = self.sock.getsockname()[:2]
-        log.info("Collector listening.", extra={"url": f"http://{host}:{port}"})
+        shown = f"[{host}]" if ":" in host else host
+        log.info(f"{self.name} listening.", extra={"url": f"http://{shown}:{port}"})
 
     async def stop(self) -> None:
         """Stop accepting, finish the requests in flight (their events are stored), return."""
@@ -155,7 +214,7 @@ class HTTPServer:
             await self.task
 
 
-def make_server(app: Any) -> uvicorn.Server:
+def make_server(app: Any, max_connections: int | None = None) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         loop="none",
@@ -163,9 +222,35 @@ def make_server(app: Any) -> uvicorn.Server:
         lifespan="off",
         access_log=False,
         log_level="warning",
+        limit_concurrency=max_connections,
+        # uvicorn would otherwise rewrite the peer address from X-Forwarded-For for peers in
+        # FORWARDED_ALLOW_IPS (127.0.0.1 by default): only KRENALIS_TRUSTED_PROXIES decides.
+        proxy_headers=False,
         timeout_keep_alive=120,
         # Segment SDKs retry on 5xx; a draining collector finishes what it accepted.
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
     return server
+
+
+#: File descriptors a process needs besides its HTTP connections: NATS, PostgreSQL, logs...
+_SPARE_FILES = 256
+
+
+def _fit_open_files(connections: int) -> None:
+    """Raise the soft limit on open files (as Go programs do at start) so that the limit on
+    connections is reached before the process runs out of descriptors; warn when the hard
+    limit is too low for it."""
+    needed = connections + _SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "Open file limit below what KRENALIS_HTTP_MAX_CONNECTIONS needs; lower it or "
+            "raise the limit (ulimit -n).",
+            extra={"open_files": soft, "needed": needed},
+        )

@@ -6,6 +6,7 @@ from .decode import (
     EVENT_TYPES,
     MAX_BATCH_EVENTS,
     MAX_BODY_BYTES,
+    MAX_DEPTH,
     MAX_EVENT_BYTES,
     DecodedRequest,
     ParsedRequest,
@@ -16,12 +17,14 @@ from .decode import (
     encode_event,
     parse_request,
 )
-from .users import user_key
+from .users import MAX_ID_LENGTH, user_key
 
 __all__ = [
     "EVENT_TYPES",
     "MAX_BATCH_EVENTS",
     "MAX_BODY_BYTES",
+    "MAX_DEPTH",
+    "MAX_ID_LENGTH",
     "MAX_EVENT_BYTES",
     "DecodedRequest",
     "ParsedRequest",

@@ -1,9 +1,32 @@
-"""One event: validation and enrichment of a decoded JSON object into its wire form."""
+"""One event: validation and enrichment of a decoded JSON object into its wire form.
+
+Limits that keep a bad event from costing more than itself (each is a rejection of that event
+alone, with its reason in the answer's "rejected"):
+
+- Nesting: the values an event keeps as they came (properties, traits, context.traits) may nest
+  objects and arrays down to `MAX_DEPTH` (64) levels, the event itself being level 1. A deeper
+  one would reach every sink that encodes it again (the warehouse's JSON columns, the webhook's
+  body). The other parts of an event are not stored, so their depth does not matter.
+- Ids: anonymousId, userId, groupId and previousId are at most `MAX_ID_LENGTH` (255)
+  characters (users.py says why); messageId fewer than 100, as Segment documents.
+- NUL characters: PostgreSQL text cannot hold them and the warehouse strips them, so ids and
+  keys that differ only by a NUL would become one (two events with one primary key, two
+  properties with one name). An event with a NUL in an id or in a key of properties, traits or
+  context.consents is rejected, naming it.
+
+Timestamps (`_timestamps`): the client's clock gives originalTimestamp, and timestamp is it
+corrected by the client's clock skew, as Segment does: timestamp = receivedAt - (sentAt -
+originalTimestamp). A timestamp that would be more than `FUTURE_TOLERANCE` (1 minute) after
+receivedAt, or before 2000-01-01 (`EARLIEST`), is a clock that is wrong, not an event from then:
+timestamp is receivedAt and originalTimestamp keeps what the client sent.
+"""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+
+import msgspec
 
 from krenalis.errors import EventError
 
@@ -11,8 +34,16 @@ from .context import decode_context, merge_context
 from .ip import ClientAddress
 from .timestamps import format_timestamp, is_wire_form, parse_timestamp
 from .useragent import normalize_browser, normalize_os, parse_user_agent
+from .users import MAX_ID_LENGTH
 
-__all__ = ["EVENT_TYPES", "RequestState", "build_event"]
+__all__ = [
+    "EARLIEST",
+    "EVENT_TYPES",
+    "FUTURE_TOLERANCE",
+    "MAX_DEPTH",
+    "RequestState",
+    "build_event",
+]
 
 EVENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 _TYPES = frozenset(EVENT_TYPES)
@@ -41,6 +72,14 @@ _PERMISSIONS = (
 _WITH_PROPERTIES = frozenset(("page", "screen", "track"))
 _WITH_TRAITS = frozenset(("identify", "group"))
 _MAX_MESSAGE_ID = 100  # Segment: messageId must be "fewer than 100 characters"
+_IDS = frozenset(("anonymousId", "userId", "groupId", "previousId"))
+_NUL_FREE = ("anonymousId", "userId", "groupId", "previousId", "messageId")  # keys in a sink
+
+MAX_DEPTH = 64  # levels of objects and arrays in an event, the event itself being the first
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # an earlier timestamp is a clock that was reset
+FUTURE_TOLERANCE = timedelta(minutes=1)  # a later timestamp is a clock that runs ahead
+_TOO_DEEP = f"event is nested more than {MAX_DEPTH} levels deep"
+_CONTAINERS = frozenset((dict, list))
 
 
 class RequestState:
@@ -58,6 +97,8 @@ class RequestState:
         "default_context",
         "address",
         "fallback_to_request_ip",
+        "latest",
+        "check_nul",
     )
 
     def __init__(
@@ -71,6 +112,7 @@ class RequestState:
         default_context: dict | None,
         address: ClientAddress,
         fallback_to_request_ip: bool,
+        check_nul: bool = True,
     ) -> None:
         self.connection_id = connection_id
         self.default_type = default_type
@@ -83,6 +125,10 @@ class RequestState:
         self.default_context = default_context
         self.address = address
         self.fallback_to_request_ip = fallback_to_request_ip
+        self.latest = received_at + FUTURE_TOLERANCE  # the latest plausible timestamp
+        # Whether an event may hold a NUL character: only a body with a "\u0000" escape can,
+        # so the others skip the scan of their keys.
+        self.check_nul = check_nul
 
 
 def _article(event_type: str) -> str:
@@ -90,7 +136,8 @@ def _article(event_type: str) -> str:
 
 
 def _strings(raw: dict) -> dict[str, str]:
-    """The string properties of an event, type-checked; empty strings are absent."""
+    """The string properties of an event, type-checked, ids not too long; empty strings are
+    absent."""
     values = {}
     get = raw.get
     for name in _NULLABLE:
@@ -99,6 +146,8 @@ def _strings(raw: dict) -> dict[str, str]:
             if type(value) is not str:
                 raise EventError(f"property '{name}' is not a valid string")
             if value:
+                if len(value) > MAX_ID_LENGTH and name in _IDS:
+                    raise EventError(_too_long(name))
                 values[name] = value
     for name in _NOT_NULL:
         value = get(name, _MISSING)
@@ -106,8 +155,14 @@ def _strings(raw: dict) -> dict[str, str]:
             if type(value) is not str:
                 raise EventError(f"property '{name}' is not a valid string")
             if value:
+                if len(value) > MAX_ID_LENGTH and name in _IDS:
+                    raise EventError(_too_long(name))
                 values[name] = value
     return values
+
+
+def _too_long(name: str) -> str:
+    return f"property '{name}' is longer than {MAX_ID_LENGTH} characters"
 
 
 def _event_type(strings: dict[str, str], state: RequestState) -> str:
@@ -142,6 +197,50 @@ def _object(raw: dict, name: str) -> dict | None:
     return value
 
 
+def _check_nul(
+    strings: dict[str, str], properties: dict | None, traits: dict | None, context: dict
+) -> None:
+    """No NUL character in ids, nor in the keys of the free-form values the event keeps."""
+    for name in _NUL_FREE:
+        if "\x00" in strings.get(name, ""):
+            raise EventError(f"property '{name}' contains a NUL character")
+    for name, value in (
+        ("properties", properties),
+        ("traits", traits),
+        ("context.consents", context.get("consents")),
+    ):
+        key = _key_with_nul(value) if value else None
+        if key is not None:
+            shown = msgspec.json.encode(key).decode()  # the NUL as the client wrote it: \u0000
+            raise EventError(f"property '{name}' has a key with a NUL character: {shown}")
+
+
+def _deeper_than(value: dict | list, levels: int) -> bool:
+    """Whether value, itself one level, nests objects or arrays more than `levels` deep."""
+    # Recursion stops at `levels` (at most MAX_DEPTH), far from Python's limit.
+    for item in value.values() if type(value) is dict else value:
+        if type(item) in _CONTAINERS and (levels <= 1 or _deeper_than(item, levels - 1)):
+            return True
+    return False
+
+
+def _key_with_nul(value: object) -> str | None:
+    """The first key holding a NUL character in value's objects, at any level; None if none."""
+    if type(value) is dict:
+        for key, item in value.items():
+            if "\x00" in key:
+                return key
+            found = _key_with_nul(item)
+            if found is not None:
+                return found
+    elif type(value) is list:
+        for item in value:
+            found = _key_with_nul(item)
+            if found is not None:
+                return found
+    return None
+
+
 def _identity(strings: dict[str, str], event_type: str) -> tuple[str, str | None]:
     anonymous_id = strings.get("anonymousId")
     user_id = strings.get("userId")
@@ -159,8 +258,11 @@ def _identity(strings: dict[str, str], event_type: str) -> tuple[str, str | None
 def _timestamps(strings: dict[str, str], state: RequestState) -> tuple[str, str, str]:
     """Return (sentAt, originalTimestamp, timestamp) in wire form, correcting clock skew.
 
-    With only "timestamp", it is the client clock: originalTimestamp keeps it and timestamp is
-    moved by (receivedAt - sentAt), Segment's skew correction.
+    The client's clock is "timestamp" (Segment's SDKs) or "originalTimestamp" (RudderStack's):
+    originalTimestamp keeps it, and timestamp is it moved by (receivedAt - sentAt), Segment's
+    skew correction; without sentAt there is nothing to correct by. With both, the event was
+    corrected before (a replay, a relay): both are kept. Either way an implausible timestamp
+    becomes receivedAt (module docstring).
     """
     sent_text = strings.get("sentAt")
     if sent_text is None:
@@ -170,22 +272,26 @@ def _timestamps(strings: dict[str, str], state: RequestState) -> tuple[str, str,
         sent_at_text, skew = _wire(sent_text, sent_at), state.received_at - sent_at
     original_text = strings.get("originalTimestamp")
     timestamp_text = strings.get("timestamp")
-    if original_text is not None:
-        if timestamp_text is None:
-            raise EventError(
-                "property 'timestamp' is required if the property 'originalTimestamp' is present"
-            )
+    if original_text is not None and timestamp_text is not None:
         original = _wire(original_text, _parse(original_text, "originalTimestamp"))
-        return sent_at_text, original, _wire(timestamp_text, _parse(timestamp_text, "timestamp"))
-    if timestamp_text is None:
+        timestamp = _parse(timestamp_text, "timestamp")
+        if EARLIEST <= timestamp <= state.latest:
+            return sent_at_text, original, _wire(timestamp_text, timestamp)
+        return sent_at_text, original, state.received_at_text
+    if timestamp_text is not None:
+        client_text, client = timestamp_text, _parse(timestamp_text, "timestamp")
+    elif original_text is not None:
+        client_text, client = original_text, _parse(original_text, "originalTimestamp")
+    else:
         return sent_at_text, state.received_at_text, state.received_at_text
-    timestamp = _parse(timestamp_text, "timestamp")
+    original = _wire(client_text, client)
     try:
-        corrected = format_timestamp(timestamp + skew) if skew else None
+        corrected = client + skew
     except OverflowError:  # the corrected year left 1..9999
-        corrected = state.received_at_text
-    original = _wire(timestamp_text, timestamp)
-    return sent_at_text, original, corrected or original
+        return sent_at_text, original, state.received_at_text
+    if EARLIEST <= corrected <= state.latest:
+        return sent_at_text, original, format_timestamp(corrected) if skew else original
+    return sent_at_text, original, state.received_at_text
 
 
 def _wire(text: str, value: datetime) -> str:
@@ -263,6 +369,13 @@ def build_event(raw: dict, state: RequestState) -> dict:
                 f"{_article(event_type)} {event_type} event"
             )
         traits = context_traits
+    # The free-form values the event keeps; properties and traits are level 2.
+    if properties and _deeper_than(properties, MAX_DEPTH - 1):
+        raise EventError(_TOO_DEEP)
+    if traits and _deeper_than(traits, MAX_DEPTH - 1):
+        raise EventError(_TOO_DEEP)
+    if state.check_nul:
+        _check_nul(strings, properties, traits, context)
     sent_at, original_timestamp, timestamp = _timestamps(strings, state)
 
     # Keys in the schema's order; absent optional keys are omitted.

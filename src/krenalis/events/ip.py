@@ -1,24 +1,37 @@
-"""Client IP addresses: the request's address, its anonymized forms, and context.ip values."""
+"""Client IP addresses: the request's address, its anonymized forms, and context.ip values.
+
+Both caches here are keyed by text the client chooses (an X-Forwarded-For item, a context.ip
+value), so each is bounded twice: in entries (emptied when full, the hot entries come back at
+once) and in key length (text longer than any IP address is refused before it is looked up).
+bench/cache_memory.py measures what they take when full of the longest keys.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from operator import attrgetter
 
 from krenalis.errors import EventError, RequestError
 
-__all__ = ["ClientAddress", "client_address"]
+__all__ = ["MAX_ADDRESS_TEXT", "ClientAddress", "client_address"]
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CACHE_SIZE = 4096
+#: The longest text an IP address takes here: an IPv4-mapped IPv6 address written in full
+#: ("0000:0000:0000:0000:0000:ffff:255.255.255.255", 45 characters), in brackets, with a port.
+MAX_ADDRESS_TEXT = 64
 
-# Special context.ip values that ask the collector to use the request's address.
-_ZERO = ipaddress.IPv4Address("0.0.0.0")  # no address applies: drop context.ip
-_FULL = ipaddress.IPv4Address("255.255.255.255")  # the request's address
-_MASK_24 = ipaddress.IPv4Address("255.255.255.0")  # the request's /24 (IPv6 /48)
-_MASK_16 = ipaddress.IPv4Address("255.255.0.0")  # the request's /16 (IPv6 /32)
+# Special context.ip values ask for a form of the request's own address.
+_FORMS: dict[_IPAddress, Callable[[ClientAddress], str | None]] = {
+    ipaddress.IPv4Address("0.0.0.0"): lambda _: None,  # no address applies: drop context.ip
+    ipaddress.IPv4Address("255.255.255.255"): attrgetter("full"),
+    ipaddress.IPv4Address("255.255.255.0"): attrgetter("partial"),  # IPv6: the /48
+    ipaddress.IPv4Address("255.255.0.0"): attrgetter("strong"),  # IPv6: the /32
+}
 
-
-_addresses: dict[tuple[str, str | None], ClientAddress] = {}
+_addresses: dict[str, ClientAddress] = {}  # address text -> the request's address
+_context_ips: dict[str, str | Callable] = {}  # context.ip text -> what to store, or its form
 
 
 def _parse(value: str) -> _IPAddress | None:
@@ -42,69 +55,69 @@ def _masked(address: _IPAddress, v4_bits: int, v6_bits: int) -> str:
 class ClientAddress:
     """The request's address in its three forms, and the resolver for context.ip values."""
 
-    __slots__ = ("full", "partial", "strong", "_resolved")
+    __slots__ = ("full", "partial", "strong")
 
     def __init__(self, address: _IPAddress) -> None:
         self.full = str(address)  # identifiable
         self.partial = _masked(address, 24, 48)  # partially anonymous
         self.strong = _masked(address, 16, 32)  # strongly anonymous
-        # A batch usually repeats one context.ip: remember the answers for this request.
-        self._resolved: dict[str, str | None] = {}
 
     def resolve(self, value: str) -> str | None:
         """Return the address to store for a context.ip value, or None to drop it."""
-        resolved = self._resolved.get(value, "")
-        if resolved == "":
-            if len(self._resolved) >= _CACHE_SIZE:
-                self._resolved.clear()
-            resolved = self._resolved[value] = self._resolve(value)
-        return resolved
+        # A batch usually repeats one context.ip, and parsing costs more than a small event.
+        stored = _context_ips.get(value)
+        if stored is None:
+            stored = _remember(_context_ips, value, _context_ip(value))
+        return stored if type(stored) is str else stored(self)
 
-    def _resolve(self, value: str) -> str | None:
-        address = _parse(value)
-        if address is None:
-            raise EventError("property 'ip' is not a valid IP address")
-        if address == _ZERO:
-            return None
-        if address == _FULL:
-            return self.full
-        if address == _MASK_24:
-            return self.partial
-        if address == _MASK_16:
-            return self.strong
-        if address.is_multicast:
-            raise EventError("property 'ip' cannot be a multicast IP address")
-        return str(address)
+
+def _context_ip(value: str) -> str | Callable:
+    address = _parse(value) if len(value) <= MAX_ADDRESS_TEXT else None
+    if address is None:
+        raise EventError("property 'ip' is not a valid IP address")
+    form = _FORMS.get(address)
+    if form is not None:
+        return form
+    if address.is_multicast:
+        raise EventError("property 'ip' cannot be a multicast IP address")
+    return str(address)
 
 
 def client_address(remote_ip: str, forwarded_for: str | None) -> ClientAddress:
-    """The request's client address: the first X-Forwarded-For item if present, else remote_ip."""
-    # Parsing and masking cost 15-60 µs, more than decoding a small event: clients send many
-    # requests, so the answers are kept (bounded; the cache is simply emptied when full).
-    key = (remote_ip, forwarded_for)
-    address = _addresses.get(key)
-    if address is None:
-        if len(_addresses) >= _CACHE_SIZE:
-            _addresses.clear()
-        address = _addresses[key] = _client_address(remote_ip, forwarded_for)
-    return address
-
-
-def _client_address(remote_ip: str, forwarded_for: str | None) -> ClientAddress:
+    """The request's client address: the first X-Forwarded-For item if it is an IP address,
+    else remote_ip. A header that is not one does not fail the request: the peer is the best
+    address there is."""
     if forwarded_for:
-        address = _parse(_strip_port(forwarded_for.split(",", 1)[0].strip()))
-        if address is None:
-            raise RequestError(
-                "address specified in the 'X-Forwarded-For' header is not a valid IP address"
-            )
-        return ClientAddress(address)
-    address = _parse(_strip_port(remote_ip.strip()))
+        address = _address(forwarded_for.partition(",")[0].strip())
+        if address is not None:
+            return address
+    address = _address(remote_ip.strip())
     if address is None:
         # The server handed us a bad peer address: our fault, not the client's.
         raise RequestError(
             "unexpected IP address from RemoteAddr", status=500, code="InternalServerError"
         )
-    return ClientAddress(address)
+    return address
+
+
+def _address(text: str) -> ClientAddress | None:
+    """The ClientAddress of an address text ("[...]" and a port allowed), None if not one."""
+    # Parsing and masking cost 15-60 µs, more than decoding a small event: clients send many
+    # requests, so the answers are kept, by the text of the address alone.
+    address = _addresses.get(text)
+    if address is None:
+        parsed = _parse(_strip_port(text)) if len(text) <= MAX_ADDRESS_TEXT else None
+        if parsed is None:
+            return None  # not kept: garbage gets no entry
+        address = _remember(_addresses, text, ClientAddress(parsed))
+    return address
+
+
+def _remember(cache: dict, key: str, value: object) -> object:
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _strip_port(value: str) -> str:

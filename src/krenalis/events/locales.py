@@ -67,6 +67,8 @@ def normalize_locale(code: str) -> str:
 
     "en_us", "EN-US" and "en-US" all give "en-US"; "en" gives "en-US".
     """
+    if len(code) != 2 and len(code) != 5:  # no other length is a locale: nothing to keep
+        return ""
     normalized = _cache.get(code)
     if normalized is None:
         if len(_cache) >= 1024:

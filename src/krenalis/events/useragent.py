@@ -61,6 +61,9 @@ _BROWSER_TOKENS = (
 _VERSION_CHARS = frozenset("0123456789._")
 _MAX_LENGTH = 25  # a longer "version" is noise from a forged or broken user agent: dropped
 _CACHE_SIZE = 1024
+# Real user agents are a few hundred characters; longer ones are parsed each time, so that the
+# cache, keyed by client input, stays bounded in bytes too (bench/cache_memory.py).
+_MAX_CACHED_LENGTH = 1024
 _cache: dict[str, tuple[dict, dict]] = {}
 
 
@@ -91,9 +94,11 @@ def parse_user_agent(user_agent: str) -> tuple[dict, dict]:
     """Return fresh (browser, os) context sections parsed from a User-Agent string."""
     cached = _cache.get(user_agent)
     if cached is None:
-        if len(_cache) >= _CACHE_SIZE:
-            _cache.clear()  # crude but bounded; the hot entries come back at once
-        cached = _cache[user_agent] = _parse(user_agent)
+        cached = _parse(user_agent)
+        if len(user_agent) <= _MAX_CACHED_LENGTH:
+            if len(_cache) >= _CACHE_SIZE:
+                _cache.clear()  # crude but bounded; the hot entries come back at once
+            _cache[user_agent] = cached
     # Callers own the returned sections (they end up in events that others may change).
     return dict(cached[0]), dict(cached[1])
 

@@ -12,7 +12,8 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
 from krenalis.config import Settings
-from krenalis.errors import CommandError, NatsAuthError, ServerTooOldError
+from krenalis.errors import CommandError, NatsAuthError, NatsServerError, ServerTooOldError
+from krenalis.runtime.nats_server import local_port, read_local_seed, with_local_credentials
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import DLQ_PREFIX, DLQ_STREAM
 
@@ -37,17 +38,15 @@ _NO_URL = (
 )
 
 
-
-
 def nats_urls(settings: Settings) -> tuple[str, ...]:
     """KRENALIS_NATS_URL, else the embedded server of a running `krenalis serve`."""
     if settings.nats_urls:
         return settings.nats_urls
-    port_file = settings.data_dir / "nats" / "port"  # written by `krenalis serve` (runtime.py)
-    try:
-        port = int(port_file.read_text().strip())
-    except (OSError, ValueError):
-        raise CommandError(_NO_URL.format(port_file=port_file, state="not found"), 2) from None
+    store = settings.data_dir / "nats"  # where `krenalis serve` runs its embedded server
+    port_file = store / "port"
+    port = local_port(store)
+    if port is None:
+        raise CommandError(_NO_URL.format(port_file=port_file, state="not found"), 2)
     if not _accepting(port):
         state = f"says port {port}, where nothing listens"
         raise CommandError(_NO_URL.format(port_file=port_file, state=state), 1)
@@ -66,7 +65,13 @@ def _accepting(port: int) -> bool:
 async def connected(
     settings: Settings, urls: tuple[str, ...], timeout: float = CONNECT_TIMEOUT
 ) -> AsyncIterator[NatsConnection]:
-    """A connection for one command, with every connect failure turned into an CommandError."""
+    """A connection for one command, with every connect failure turned into an CommandError.
+
+    Without KRENALIS_NATS_URL, `urls` is the embedded server of `krenalis serve` (`nats_urls`),
+    which admits only the key serve keeps in the data directory: the command uses that key.
+    """
+    if not settings.nats_urls:
+        settings = _embedded_credentials(settings, urls)
     conn = NatsConnection(settings, urls, name="krenalis-ops")
     try:
         await conn.connect(timeout=timeout)
@@ -86,6 +91,14 @@ async def connected(
         yield conn
     finally:
         await conn.close()
+
+
+def _embedded_credentials(settings: Settings, urls: tuple[str, ...]) -> Settings:
+    try:
+        seed = read_local_seed(settings.data_dir / "nats")
+    except NatsServerError as exc:
+        raise CommandError(str(exc)) from None
+    return with_local_credentials(settings, urls[0], seed)
 
 
 @contextlib.contextmanager
@@ -111,7 +124,9 @@ def check_pipeline_id(pipeline: str | None) -> str | None:
     if pipeline is not None and (
         not pipeline or not all(c.isascii() and (c.isalnum() or c in "-_") for c in pipeline)
     ):
-        raise CommandError(f"{pipeline!r} is not a pipeline id (letters, digits, '-' and '_' only)", 2)
+        raise CommandError(
+            f"{pipeline!r} is not a pipeline id (letters, digits, '-' and '_' only)", 2
+        )
     return pipeline
 
 

@@ -3,6 +3,11 @@
 Dead letters live in EVENTS_DLQ (`dlq.v1.<pipeline>`) with the reason and the attempts in
 headers. Replaying puts an event back into EVENTS on its pipeline's subject, where the
 pipeline's worker takes it again, then deletes the dead letter.
+
+What a dead letter holds comes from outside: a reason may quote a remote server's response, a
+messageId is the client's. On the terminal, control characters (escape sequences, carriage
+returns, line breaks) are shown escaped and rich markup is printed as written (`_shown`);
+`--json` escapes them as JSON does.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from rich.table import Table
 
 from krenalis.config import Settings
 from krenalis.errors import CommandError
+from krenalis.logs import one_line
 from krenalis.ops._common import (
     check_pipeline_id,
     connected,
@@ -65,6 +71,11 @@ def _as_dict(letter: DeadLetter, *, with_event: bool = False) -> dict[str, Any]:
             out["event"] = None
             out["data"] = letter.data.decode("utf-8", "replace")
     return out
+
+
+def _shown(value: object) -> str:
+    """A value of a dead letter as the terminal may print it: one line, no control character."""
+    return one_line(str(value))
 
 
 def _when(iso: str) -> str:
@@ -114,9 +125,8 @@ def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
         table.add_column(title, no_wrap=True, justify="right" if title != "Pipeline" else "left")
     table.add_column("Reason", overflow="fold")
     for x in letters:
-        table.add_row(
-            str(x.seq), x.pipeline, str(x.attempts), _when(x.first_attempt), escape(x.reason)
-        )
+        cells = (x.seq, x.pipeline, x.attempts, _when(x.first_attempt), x.reason)
+        table.add_row(*(escape(_shown(cell)) for cell in cells))
     console.print(table)
     shown = f"showing the first {len(letters)} of {total}" if total > len(letters) else ""
     console.print(f"{total} dead letter{'s' if total != 1 else ''}" + (f" ({shown})" if shown else "")
@@ -136,9 +146,11 @@ def dlq_show(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(letter, indent=2))
         return 0
     for key in ("seq", "pipeline", "shard", "attempts", "first_attempt", "message_id", "reason"):
-        print(f"{key.replace('_', ' ').capitalize() + ':':<15} {letter[key]}")
+        print(f"{key.replace('_', ' ').capitalize() + ':':<15} {_shown(letter[key])}")
     print("Event:")
-    print(json.dumps(letter["event"], indent=2) if letter["event"] is not None else letter["data"])
+    # json.dumps escapes every control character (and everything but ASCII) in the event.
+    event = letter["event"]
+    print(json.dumps(event, indent=2) if event is not None else _shown(letter["data"]))
     return 0
 
 
@@ -165,7 +177,7 @@ def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
     replayed, refused = _run(settings, work)
     for reason in refused:
-        print(f"krenalis: not replayed: {reason}", file=sys.stderr)
+        print(f"krenalis: not replayed: {_shown(reason)}", file=sys.stderr)
     count = sum(replayed.values())
     per_pipeline = ", ".join(f"{p}: {n}" for p, n in sorted(replayed.items()))
     if count:

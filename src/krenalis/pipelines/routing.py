@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from krenalis.events.users import user_key
+from krenalis.events.users import MAX_ID_LENGTH, user_key
 from krenalis.pipelines.filters import ConsentRule, Filter, consents_satisfied
 
 if TYPE_CHECKING:  # routing only reads a workspace: no import cycle at run time
@@ -90,11 +90,21 @@ def _route(pipeline: Pipeline) -> tuple[str, int, _Admit | None]:
     return (pipeline.id, pipeline.shards, _admission(pipeline.filter, pipeline.consents))
 
 
-@lru_cache(maxsize=16_384)
 def _hash_of(user: str) -> int:
     # Pure-Python FNV costs ~4 us for a UUID; one user's events tend to come together (batches,
-    # sessions), so a small cache saves most of it.
+    # sessions), so a small cache saves most of it. The cache is keyed by client input: only
+    # keys as long as an id may be (the collector rejects longer ones) are kept, which bounds
+    # it (bench/cache_memory.py).
+    if len(user) > MAX_ID_LENGTH:
+        return _fnv_of(user)
+    return _cached_hash_of(user)
+
+
+def _fnv_of(user: str) -> int:
     return fnv1a_32(user.encode("utf-8", "surrogatepass"))
+
+
+_cached_hash_of = lru_cache(maxsize=16_384)(_fnv_of)
 
 
 def _hash_of_event(event: Event) -> int:

@@ -4,6 +4,10 @@ Python runs one core per process, so `serve` runs its pipeline workers in a chil
 worker` process (and KRENALIS_HTTP_WORKERS - 1 extra collectors sharing the port), restarts a
 child that dies, and stops them with itself. Each child's PID is written to the data directory,
 so a `serve` started after a SIGKILL stops the children its predecessor left behind.
+
+A child gets serve's environment. With serve's embedded NATS it gets no URL and no key: it
+reads both from the data directory (`runtime/stream.py`), where only this user can read the
+key, rather than from an environment that every process it starts would inherit.
 """
 
 from __future__ import annotations

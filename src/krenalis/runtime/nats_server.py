@@ -7,6 +7,13 @@ so that an older system-wide nats-server (Krenalis needs >= 2.12) is never picke
 `krenalis serve` starts one when KRENALIS_NATS_URL is unset: JetStream with file storage in
 `<data dir>/nats`, listening on a loopback port, stopped with the program. Tests use the same
 class for single nodes and 3-node clusters.
+
+That server admits one NKey user and nobody else: any process of the machine can reach a
+loopback port, and without credentials it could publish into any pipeline, read every event or
+purge the stream. `serve` writes the user's seed to `<data dir>/nats/krenalis-user.nk` (mode
+0600) on its first run; its children and the operator commands read it there, as they read the
+server's port from `<data dir>/nats/port`, so nothing needs setting and the seed is never in an
+environment variable.
 """
 
 from __future__ import annotations
@@ -21,15 +28,36 @@ import subprocess
 import sys
 import sysconfig
 import time
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
+from krenalis.config import Secret, Settings
 from krenalis.errors import NatsServerError, NatsServerNotFound
+from krenalis.ops.keys import generate_user_keypair, public_key_from_seed, write_seed_file
 from krenalis.runtime.processes import free_port, port_is_free, stop_leftover
 
-__all__ = ["EmbeddedNats", "nats_server_path", "nats_server_version", "quote"]
+__all__ = [
+    "PORT_FILE",
+    "SEED_FILE",
+    "EmbeddedNats",
+    "create_local_seed",
+    "local_port",
+    "local_seed_path",
+    "nats_server_path",
+    "nats_server_version",
+    "nkey_authorization",
+    "quote",
+    "read_local_seed",
+    "with_local_credentials",
+]
 
 log = logging.getLogger("krenalis.stream")
+
+#: The seed of the embedded server's one user, in its store directory (`<data dir>/nats`).
+SEED_FILE = "krenalis-user.nk"
+#: Where `serve` writes the port of its embedded server, in the same directory.
+PORT_FILE = "port"
 
 _EXE = "nats-server.exe" if os.name == "nt" else "nats-server"
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
@@ -102,12 +130,106 @@ def quote(value: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _saved_port(path: Path) -> int | None:
-    """The port written by the last run, if it can be bound again."""
+def local_port(store_dir: str | Path) -> int | None:
+    """The port the embedded server of `store_dir` last listened on (None: never started)."""
     with contextlib.suppress(OSError, ValueError):
-        port = int(path.read_text())
-        return port if port_is_free("127.0.0.1", port) else None
+        return int((Path(store_dir) / PORT_FILE).read_text().strip())
     return None
+
+
+def _saved_port(store_dir: Path) -> int | None:
+    """The port written by the last run, if it can be bound again."""
+    port = local_port(store_dir)
+    return port if port is not None and port_is_free("127.0.0.1", port) else None
+
+
+# -- the embedded server's credentials -------------------------------------------------------
+
+
+def local_seed_path(store_dir: str | Path) -> Path:
+    """The file holding the seed of the embedded server's user."""
+    return Path(store_dir) / SEED_FILE
+
+
+def create_local_seed(store_dir: str | Path) -> str:
+    """The seed of the embedded server's user, generated into `store_dir` (mode 0600) on the
+    first run. A file that others could read is made private again, with a warning."""
+    path = local_seed_path(store_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # another process wrote it first: use that
+            write_seed_file(path, generate_user_keypair().seed)
+            log.info("Created the embedded NATS server's key.", extra={"file": str(path)})
+    _keep_private(path)
+    return read_local_seed(store_dir)
+
+
+def read_local_seed(store_dir: str | Path) -> str:
+    """The seed a local process connects to the embedded server with.
+
+    Raises NatsServerError naming the file (never showing its content) when it is missing,
+    unreadable or not a user seed.
+    """
+    path = local_seed_path(store_dir)
+    try:
+        seed = path.read_text().strip()
+    except FileNotFoundError:
+        raise NatsServerError(
+            f"{path} is missing: it holds the key of the embedded nats-server, which `krenalis "
+            "serve` writes on its first run; start `krenalis serve` with this KRENALIS_DATA_DIR "
+            "(a serve of an earlier version must be restarted), or set KRENALIS_NATS_URL"
+        ) from None
+    except OSError as exc:
+        raise NatsServerError(
+            f"cannot read {path} ({exc.strerror}): run this command as the user that runs "
+            "`krenalis serve`"
+        ) from None
+    try:
+        public_key_from_seed(seed)
+    except ValueError as exc:
+        raise NatsServerError(
+            f"{path} does not hold the embedded nats-server's key ({exc}); delete it and "
+            "restart `krenalis serve`, which writes a new one"
+        ) from None
+    return seed
+
+
+def _keep_private(path: Path) -> None:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        path.chmod(0o600)
+        log.warning(
+            "A key file was readable by other users; it is private again (mode 0600). "
+            "Whoever read it can still use it: delete it and restart to get a new key.",
+            extra={"file": str(path), "mode": oct(mode)},
+        )
+
+
+def nkey_authorization(public_key: str) -> str:
+    """An `authorization` block admitting only the NKey user `public_key` (not secret)."""
+    return "\n".join(
+        ["authorization {", "  users = [", f"    {{ nkey: {quote(public_key)} }}", "  ]", "}"]
+    )
+
+
+def with_local_credentials(settings: Settings, url: str, seed: str) -> Settings:
+    """`settings` for the embedded server at `url`: its user's seed and no other credential or
+    TLS setting (KRENALIS_NATS_* ones are for a server of one's own, named by
+    KRENALIS_NATS_URL)."""
+    return replace(
+        settings,
+        nats_urls=(url,),
+        nats_nkey=Secret(seed),
+        nats_creds=None,
+        nats_token=None,
+        nats_user="",
+        nats_password=None,
+        # The embedded server listens on loopback without TLS.
+        nats_tls_ca=None,
+        nats_tls_cert=None,
+        nats_tls_key=None,
+        nats_tls_server_name="",
+    )
 
 
 class EmbeddedNats:
@@ -149,7 +271,7 @@ class EmbeddedNats:
 
     @property
     def port_path(self) -> Path:
-        return self.store_dir / "port"
+        return self.store_dir / PORT_FILE
 
     @property
     def config_path(self) -> Path:
@@ -195,11 +317,14 @@ class EmbeddedNats:
     def start(self, timeout: float = 20.0) -> None:
         """Start the server and wait until it accepts client connections."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        # The store holds every event, the configuration its credentials: its owner's only.
+        self.store_dir.chmod(0o700)
         # Two servers must never share a store: stop one a killed `serve` left running.
         stop_leftover(self.pid_path, str(self.config_path.resolve()).encode())
         if self.remember_port and not self._port_given:
-            self.port = _saved_port(self.port_path) or self.port
+            self.port = _saved_port(self.store_dir) or self.port
         self.config_path.write_text(self.config_text())
+        self.config_path.chmod(0o600)
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 [nats_server_path(), "-c", str(self.config_path.resolve())],

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nats.micro.service import Service
 
-from krenalis.collector.app import Collector
+from krenalis.collector.app import Collector, MetricsApp
 from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
 from krenalis.runtime.children import Child
@@ -141,6 +141,7 @@ class _Process:
         self.workers: Workers | None = None
         self.collector: Collector | None = None
         self.http: HTTPServer | None = None
+        self.metrics_http: HTTPServer | None = None
         self.children: list[Child] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.service: Service | None = None
@@ -149,6 +150,7 @@ class _Process:
         self.stop_event = asyncio.Event()
 
     async def start(self) -> None:
+        await self._start_metrics()
         local = self._local_file()
         conn = await self.runtime.start()
         self.settings = self.runtime.settings  # now holds the embedded server's URL, if any
@@ -163,6 +165,18 @@ class _Process:
         self._install_signals()
         self.tasks.append(asyncio.create_task(self.follower.run(), name="workspace-follower"))
         log.info("Workspace revision in use.", extra={"revision": revision.number})
+
+    async def _start_metrics(self) -> None:
+        """/metrics on KRENALIS_METRICS_ADDR, never on the ingestion port. serve's children
+        have none: serve's listener answers for them (they share the metrics directory)."""
+        if not self.settings.metrics_enabled or self.settings.child:
+            return
+        host, port = self.settings.metrics_addr
+        sock = listening_socket(host, port, setting="KRENALIS_METRICS_ADDR", shared=False)
+        self.metrics_http = HTTPServer(
+            MetricsApp(self.settings.metrics_dir), sock, max_connections=64, name="Metrics"
+        )
+        await self.metrics_http.start()
 
     def _local_file(self) -> Path | None:
         """The workspace file this process applies: serve's own with its embedded NATS, or
@@ -218,15 +232,21 @@ class _Process:
             self.postgres = EmbeddedPostgres(self.settings.data_dir / "postgres")
             await asyncio.to_thread(self.postgres.start)
             dsn = self.postgres.dsn
-            # Local, no password (trust on loopback): showing it tells people where to look.
-            log.info("Embedded warehouse ready; query the events view there.", extra={"dsn": dsn})
+            # The DSN names the password file rather than holding the password: showing it
+            # tells people where to look, and it works as is with psql.
+            log.info(
+                "Embedded warehouse ready; query the events view there.",
+                extra={"dsn": dsn, "password_file": str(self.postgres.password_file)},
+            )
         await init_db(dsn)
         return dsn
 
     async def _start_collector(self, conn, workspace: Workspace, revision: Revision) -> None:
         self.collector = Collector(conn, workspace, revision.number)
         sock = listening_socket(self.settings.http_host, self.settings.http_port)
-        self.http = HTTPServer(self.collector, sock)
+        self.http = HTTPServer(
+            self.collector, sock, max_connections=self.settings.http_max_connections
+        )
         await self.http.start()
         for _ in range(self.settings.http_workers - 1):
             # KRENALIS_HTTP_WORKERS=1: a child serves, it does not spawn collectors of its own.
@@ -234,8 +254,11 @@ class _Process:
 
     def _start_child(self, command: str, **env: str) -> None:
         number = sum(c.command == command for c in self.children)
-        # The whole environment, not only the settings: a child also needs PATH, HOME...
-        child_env = {**os.environ, "KRENALIS_NATS_URL": ",".join(self.settings.nats_urls), **env}
+        # The whole environment, not only the settings: a child also needs PATH, HOME... With
+        # the embedded NATS no URL: the child finds serve's server and its key in the data
+        # directory (runtime/stream.py), so the key never travels in an environment variable.
+        urls = {"KRENALIS_NATS_URL": ",".join(self.settings.nats_urls)}
+        child_env = {**os.environ, **({} if self.runtime.embedded else urls), **env}
         pid_path = self.settings.data_dir / "run" / f"{command}-{number}.pid"
         child = Child(command, child_env, pid_path)
         child.start()
@@ -297,6 +320,8 @@ class _Process:
         await self.runtime.stop()
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
+        if self.metrics_http is not None:  # last: a scrape sees the process until it ends
+            await self.metrics_http.stop()
 
 
 def _shards(workspace: Workspace, revision: Revision) -> dict[str, int]:

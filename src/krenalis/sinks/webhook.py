@@ -12,11 +12,28 @@ Every request is a JSON ``POST`` with these headers:
   ``urllib.parse.unquote`` gives the messageId back; ordinary ids (UUIDs) are sent as they are.
   In batch mode the key is the SHA-256 (hex) of the newline-joined keys of the events in the
   body, in their order.
-- ``X-Krenalis-Signature: t=<unix seconds>,v1=<hex>`` when the sink has a secret, where
-  ``<hex> = HMAC-SHA256(secret, f"{t}.".encode() + raw_body)``. To verify, a receiver recomputes
-  the HMAC over the raw request body exactly as received, compares it in constant time with any
-  ``v1`` value of the header, and refuses a ``t`` farther than a few minutes from its own clock
-  (replay protection). ``verify_signature`` does exactly that.
+- When the destination has a ``secret``, the three headers of Standard Webhooks
+  (https://www.standardwebhooks.com/), which libraries in many languages verify:
+
+  - ``webhook-id``: the request's ``Idempotency-Key`` (the SHA-256 of the body for an event
+    without a messageId), so a retry carries the same id;
+  - ``webhook-timestamp``: when this attempt was sent, in Unix seconds;
+  - ``webhook-signature``: ``v1,<base64 of HMAC-SHA256(key, f"{id}.{timestamp}.{body}")>``,
+    one per secret, separated by spaces (two while a secret is being replaced).
+
+  A secret is written ``whsec_<base64 of the key>``, the key being 24 to 64 random bytes::
+
+      python -c "import base64, secrets; print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())"
+
+  Any other text is a key itself (its UTF-8 bytes), so that secrets written before signatures
+  followed the standard keep working: such a receiver is given ``whsec_`` and the base64 of that
+  text. ``secret`` may be a list: every secret signs, so that a receiver keeps verifying while
+  it moves from the old secret to the new one. To verify, a receiver recomputes the HMAC over
+  the raw body exactly as received, compares it in constant time with each ``v1`` signature,
+  and refuses a timestamp more than five minutes from its own clock (replay protection);
+  ``verify_signature`` does exactly that. (The earlier ``X-Krenalis-Signature`` header is no
+  longer sent: no receiver outside this project used it, and one scheme that standard libraries
+  verify is better than two to keep in step.)
 
 Responses map to the three outcomes of ``krenalis.sinks.base`` (see ``classify``). Redirects are
 not followed: a 3xx means the endpoint is misconfigured, which retrying does not fix.
@@ -30,12 +47,15 @@ sent concurrently, at most ``max_concurrency`` requests at a time.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
 import logging
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -49,17 +69,25 @@ from krenalis.sinks.base import DELIVERED, Delivered, Event, Outcome, Rejected, 
 from krenalis.workspace.values import Duration, Headers, HttpUrl, SecretStr
 
 __all__ = [
+    "ID_HEADER",
     "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
     "WebhookOptions",
     "WebhookSink",
     "classify",
     "sign",
+    "signing_key",
     "verify_signature",
 ]
 
 logger = logging.getLogger("krenalis.sinks.webhook")
 
-SIGNATURE_HEADER = "X-Krenalis-Signature"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
+#: How far from the receiver's clock a signed timestamp may be (the standard's five minutes).
+TOLERANCE_SECONDS = 300
 USER_AGENT = f"krenalis-events/{__version__}"
 BLOCKED_REASON = "an earlier event of this user is not delivered yet"
 # Enough of a response body to explain a rejection, without holding a huge body in memory.
@@ -69,37 +97,96 @@ REASON_BODY_CHARS = 200
 _KEY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
 
-# --- Signatures -------------------------------------------------------------------------------
+# --- Signatures (Standard Webhooks) -----------------------------------------------------------
+
+# A timestamp is a few ASCII digits: int() alone would also take "١٢", "+5" or 5,000 digits.
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
 
 
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """Return the ``X-Krenalis-Signature`` value for ``body`` (now, unless ``timestamp``)."""
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret: the base64 after ``whsec_``, or the UTF-8 bytes of any other
+    text. Raises ValueError (never showing the secret) for a ``whsec_`` with no valid key."""
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode()
+    try:
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not key:
+        raise ValueError(f'a "{SECRET_PREFIX}" secret must go on with the base64 of its key')
+    return key
+
+
+def sign(
+    secrets: str | Sequence[str], message_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """The Standard Webhooks headers of ``body``: ``webhook-id``, ``webhook-timestamp`` (now,
+    unless ``timestamp``) and ``webhook-signature``, signed with each secret."""
     t = int(time.time()) if timestamp is None else timestamp
-    return f"t={t},v1={_hmac_hex(secret, t, body)}"
+    signed = _signed_content(message_id, t, body)
+    signatures = " ".join(
+        "v1," + base64.b64encode(_digest(key, signed)).decode() for key in _keys(secrets)
+    )
+    return {ID_HEADER: message_id, TIMESTAMP_HEADER: str(t), SIGNATURE_HEADER: signatures}
 
 
-def verify_signature(secret: str, header: str, body: bytes | str, tolerance: float = 300) -> bool:
-    """Tell whether ``header`` is a valid signature of ``body``, made within ``tolerance`` s.
+def verify_signature(
+    secret: str | Sequence[str],
+    headers: Mapping[str, str],
+    body: bytes | str,
+    tolerance: float = TOLERANCE_SECONDS,
+) -> bool:
+    """Tell whether ``headers`` sign ``body`` with ``secret`` (or one of several), within
+    ``tolerance`` seconds of now. Header names are matched in any case.
 
-    Several ``v1`` values are accepted (a sender rotating its secret may send two).
+    Returns False, never raises, for anything a request may hold: missing, empty or malformed
+    headers, unknown versions, bad base64, a body that is not the one signed. Raises ValueError
+    only for a ``whsec_`` secret with no valid key (a mistake of the receiver's configuration).
     """
-    raw = body.encode() if isinstance(body, str) else body
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t" and value.isdigit():
-            timestamp = int(value)
-        elif key == "v1":
-            candidates.append(value)
-    if timestamp is None or not candidates or abs(time.time() - timestamp) > tolerance:
+    keys = _keys(secret)
+    message_id = _text_header(headers, ID_HEADER)
+    timestamp = _text_header(headers, TIMESTAMP_HEADER)
+    signatures = _text_header(headers, SIGNATURE_HEADER)
+    if not (message_id and signatures and timestamp and _TIMESTAMP.fullmatch(timestamp)):
         return False
-    expected = _hmac_hex(secret, timestamp, raw)
-    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+    if not abs(time.time() - int(timestamp)) <= tolerance:
+        return False
+    try:
+        signed = _signed_content(message_id, int(timestamp), body)
+    except UnicodeEncodeError:  # text no sender could have signed (a lone surrogate)
+        return False
+    expected = [_digest(key, signed) for key in keys]
+    given = [g for g in map(_decoded, signatures.split(" ")) if g is not None]
+    return any(hmac.compare_digest(e, g) for e in expected for g in given)
 
 
-def _hmac_hex(secret: str, timestamp: int, body: bytes) -> str:
-    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+def _keys(secrets: str | Sequence[str]) -> list[bytes]:
+    return [signing_key(s) for s in ([secrets] if isinstance(secrets, str) else secrets)]
+
+
+def _signed_content(message_id: str, timestamp: int, body: bytes | str) -> bytes:
+    raw = body.encode() if isinstance(body, str) else body
+    return f"{message_id}.{timestamp}.".encode() + raw
+
+
+def _digest(key: bytes, signed: bytes) -> bytes:
+    return hmac.new(key, signed, hashlib.sha256).digest()
+
+
+def _text_header(headers: Mapping[str, str], name: str) -> str | None:
+    value = _header(headers, name)
+    return value if isinstance(value, str) else None
+
+
+def _decoded(item: str) -> bytes | None:
+    """The digest of one ``v1,<base64>`` signature; None for another version or bad base64."""
+    version, _, value = item.partition(",")
+    if version != "v1":
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 # --- Classification ---------------------------------------------------------------------------
@@ -147,7 +234,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if isinstance(headers, httpx.Headers):
         return headers.get(name)
     for key, value in headers.items():
-        if key.lower() == name:
+        if isinstance(key, str) and key.lower() == name:
             return value
     return None
 
@@ -158,8 +245,9 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 class WebhookOptions(SinkOptions, tag="webhook"):
     """A ``type: webhook`` destination.
 
-    ``url``: the http(s) endpoint; it may carry a query string (never logged). ``secret``:
-    when set, every request carries ``X-Krenalis-Signature``. ``headers``: extra headers for
+    ``url``: the http(s) endpoint; it may carry a query string (never logged). ``secret``: when
+    set, every request is signed (Standard Webhooks, see the module); a list of secrets signs
+    with each, for replacing one without a gap. ``headers``: extra headers for
     every request (for example an ``Authorization``). ``batch``: send each ``write()`` as one
     ``{"batch": [...]}`` request instead of one request per event; the response then applies to
     every event in it. ``timeout``: seconds allowed for each of connect, write, read and pool
@@ -168,12 +256,28 @@ class WebhookOptions(SinkOptions, tag="webhook"):
     """
 
     url: HttpUrl
-    secret: SecretStr | None = None
+    secret: SecretStr | Annotated[list[SecretStr], msgspec.Meta(min_length=1)] | None = None
     headers: Headers = msgspec.field(default_factory=Headers)
     batch: bool = False
     timeout: Duration = Duration(10.0)
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
     rate_limit: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for i, secret in enumerate(self.secrets):
+            try:
+                signing_key(secret)
+            except ValueError as exc:
+                where = f"secret[{i}]" if isinstance(self.secret, list) else "secret"
+                raise ValueError(f"{where}: {exc}") from None
+
+    @property
+    def secrets(self) -> list[str]:
+        """The signing secrets, as a list (empty when requests are not signed)."""
+        if self.secret is None:
+            return []
+        return [self.secret] if isinstance(self.secret, str) else list(self.secret)
 
     def build(self) -> WebhookSink:
         return WebhookSink(self)
@@ -187,7 +291,7 @@ class WebhookSink:
 
     def __init__(self, options: WebhookOptions, *, client: httpx.AsyncClient | None = None) -> None:
         self._url = httpx.URL(options.url)
-        self._secret = options.secret
+        self._secrets = options.secrets
         self._batch = options.batch
         self._headers = {**options.headers, "Content-Type": "application/json"}
         self._headers["User-Agent"] = USER_AGENT
@@ -289,8 +393,10 @@ class WebhookSink:
             headers = dict(self._headers)
             if idempotency_key:
                 headers["Idempotency-Key"] = idempotency_key
-            if self._secret is not None:
-                headers[SIGNATURE_HEADER] = sign(self._secret, body)
+            if self._secrets:
+                # Signed at each attempt (a fresh timestamp), with an id every attempt shares.
+                message_id = idempotency_key or hashlib.sha256(body).hexdigest()
+                headers.update(sign(self._secrets, message_id, body))
             try:
                 async with self._client.stream(
                     "POST", self._url, content=body, headers=headers, follow_redirects=False

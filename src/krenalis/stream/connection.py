@@ -1,21 +1,32 @@
 """The NATS connection: connect, authenticate, reconnect forever, and know whether the stream is usable.
 
 A process keeps one connection and retries for ever when servers are unreachable: an outage
-of NATS must not need a restart of every collector and worker. Unlike nats-py's defaults, wrong credentials fail the first connect at once with a
-clear message instead of a two-minute retry budget ending in "no servers available".
+of NATS must not need a restart of every collector and worker. Unlike nats-py's defaults, wrong
+credentials fail the first connect at once with a clear message instead of a two-minute retry
+budget ending in "no servers available"; so do TLS settings that cannot work with the server (a
+certificate the CA does not sign, a client certificate the server requires and was not given).
+
+TLS (``KRENALIS_NATS_TLS_*`` or a ``tls://`` URL) is required, not hoped for: nats-py upgrades a
+connection only when the server asks for TLS, so a server (or a man in the middle) that does not
+would get the credentials in plain text. The server's INFO is checked before anything is sent.
+Without TLS, a token or a password sent to a host that is not loopback is logged once as a
+warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import nats
+import nats.errors
 from nats.js import JetStreamContext
 
 from krenalis.config import Settings
@@ -27,6 +38,7 @@ __all__ = [
     "NatsConnection",
     "check_server_version",
     "connect_options",
+    "tls_context",
 ]
 
 log = logging.getLogger("krenalis.stream")
@@ -36,16 +48,19 @@ log = logging.getLogger("krenalis.stream")
 MIN_SERVER_VERSION = (2, 12, 0)
 #: How long ingestion waits for a dropped connection to come back before answering 503.
 UP_GRACE_SECONDS = 0.2
-
-
-
-
+#: Warnings about credentials sent in plain text already logged by this process.
+_warned_plain_text: set[tuple[str, str]] = set()
 
 
 def connect_options(settings: Settings, urls: Sequence[str] | None = None) -> dict[str, Any]:
-    """nats.connect() keyword arguments for these settings (servers and credentials only)."""
+    """nats.connect() keyword arguments for these settings (servers, credentials, TLS)."""
     servers = [u if "://" in u else "nats://" + u for u in (urls or settings.nats_urls)]
     options: dict[str, Any] = {"servers": servers}
+    context = tls_context(settings)
+    if context is not None:
+        options["tls"] = context
+    if settings.nats_tls_server_name:
+        options["tls_hostname"] = settings.nats_tls_server_name
     if settings.nats_nkey is not None:
         options["nkeys_seed_str"] = settings.nats_nkey.reveal()
     if settings.nats_creds is not None:
@@ -59,9 +74,127 @@ def connect_options(settings: Settings, urls: Sequence[str] | None = None) -> di
     return options
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the settings' CA and client certificate; None when neither is set
+    (nats-py then verifies a server that requires TLS with the system's CAs)."""
+    if settings.nats_tls_ca is None and settings.nats_tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=settings.nats_tls_ca)
+    if settings.nats_tls_cert is not None:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    return context
+
+
+def warn_plain_text_credentials(settings: Settings, servers: Sequence[str]) -> None:
+    """Log once if a token or password may travel unencrypted: nothing requires TLS and a
+    server is neither loopback nor reached through tls:// or wss://."""
+    exposed = [u for u in servers if not _is_tls(u) and not _is_loopback(u)]
+    if settings.nats_tls or not exposed:
+        return
+    shown = _redact(exposed)
+    for credential in _secret_credentials(settings, servers):
+        if (credential, shown) in _warned_plain_text:
+            continue
+        _warned_plain_text.add((credential, shown))
+        log.warning(
+            "NATS credentials may be sent in plain text; use tls:// URLs (with "
+            "KRENALIS_NATS_TLS_CA for a private CA) or an NKey, whose secret never leaves "
+            "this process.",
+            extra={"credential": credential, "servers": shown},
+        )
+
+
+def _secret_credentials(settings: Settings, servers: Sequence[str]) -> list[str]:
+    """The settings that send a secret as it is (a token, a password), by name."""
+    names = []
+    if settings.nats_token is not None:
+        names.append("KRENALIS_NATS_TOKEN")
+    if settings.nats_password is not None:
+        names.append("KRENALIS_NATS_PASSWORD")
+    if any(urlsplit(u).username or urlsplit(u).password for u in servers):
+        names.append("KRENALIS_NATS_URL")  # user:password@ or token@
+    return names
+
+
+def _is_tls(url: str) -> bool:
+    return urlsplit(url).scheme in ("tls", "wss")
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name may resolve anywhere
+
+
 def _redact(servers: Sequence[str]) -> str:
     """Server URLs without any user:password@ part, for logs and errors."""
     return ", ".join(f"{p.scheme}://{p.hostname}:{p.port or 4222}" for p in map(urlsplit, servers))
+
+
+class _Refused(nats.errors.Error):
+    """This server cannot be used with these settings; nothing was sent to it. A nats-py
+    error, so that its connect and reconnect loops hand it to the error callback."""
+
+
+class _CheckedClient(Client):
+    """A client that reads the server's INFO before nats-py sends CONNECT (the credentials).
+
+    nats-py switches to TLS only when the server requires it, even with a tls:// URL and an
+    SSLContext; and a server requiring a client certificate drops a client without one with no
+    reason ("Connection lost"). Both are refused here, before anything is sent.
+    """
+
+    def __init__(self, *, require_tls: bool, client_cert: bool) -> None:
+        super().__init__()
+        self._require_tls = require_tls
+        self._client_cert = client_cert
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection:  # the INFO of a new connection, not a cluster update
+            self._check_info(info)
+        await super()._process_info(info, initial_connection)
+
+    def _check_info(self, info: dict[str, Any]) -> None:
+        scheme = self._current_server.uri.scheme if self._current_server else ""
+        tls = bool(info.get("tls_required")) or scheme == "wss"
+        if self._require_tls and not tls:
+            raise _Refused(
+                "does not require TLS while this process requires it (KRENALIS_NATS_TLS_* or a "
+                "tls:// URL), so nothing was sent; enable TLS on the server (a tls block)"
+            )
+        if info.get("tls_verify") and not self._client_cert:
+            raise _Refused(
+                "requires a client certificate (mutual TLS); set KRENALIS_NATS_TLS_CERT and "
+                "KRENALIS_NATS_TLS_KEY"
+            )
+
+
+def _checked_client(settings: Settings, servers: Sequence[str]) -> _CheckedClient:
+    # A tls:// URL given on the command line (--url) requires TLS as one in the settings does.
+    require_tls = settings.nats_tls or any(urlsplit(u).scheme == "tls" for u in servers)
+    return _CheckedClient(require_tls=require_tls, client_cert=settings.nats_tls_cert is not None)
+
+
+def _refusal(exc: Exception) -> str | None:
+    """Why the first connect must stop now rather than retry, or None to retry."""
+    if "authorization violation" in str(exc).lower():
+        return (
+            "refused the credentials (Authorization Violation); check KRENALIS_NATS_NKEY, "
+            "KRENALIS_NATS_CREDS, KRENALIS_NATS_TOKEN or KRENALIS_NATS_USER/PASSWORD"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"presented a certificate that cannot be trusted ({exc.verify_message}); set "
+            "KRENALIS_NATS_TLS_CA to the CA that signed it, and KRENALIS_NATS_TLS_SERVER_NAME "
+            "if the name in it is not the URL's host"
+        )
+    if isinstance(exc, _Refused):
+        return str(exc)
+    return None
 
 
 def check_server_version(found: tuple[int, int, int], servers: str) -> None:
@@ -88,16 +221,18 @@ class NatsConnection:
         self._options = connect_options(settings, urls)
         self._name = name
         self._ping_interval = ping_interval
-        self.nc: Client = Client()
+        self.nc: Client = _checked_client(settings, self._options["servers"])
         self._js: JetStreamContext | None = None
         self.stream_ready = False
         self._down_since: float | None = time.monotonic()
         self._up_event = asyncio.Event()
-        self._auth_failed: asyncio.Future[str] | None = None
+        #: Set, during the first connect, to why it must stop (see _refusal).
+        self._refused: asyncio.Future[str] | None = None
         self._last_error = ""
         self._closing = False
         self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
         self._reconnect_tasks: set[asyncio.Task[None]] = set()
+        warn_plain_text_credentials(settings, self._options["servers"])
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run `callback` (in its own task) after each reconnection."""
@@ -121,23 +256,20 @@ class NatsConnection:
     async def connect(self, timeout: float | None = None) -> None:
         """Connect, retrying unreachable servers for ever (or `timeout` seconds).
 
-        Raises NatsAuthError at once on an authorization violation, ServerTooOldError for a
-        server older than 2.12, TimeoutError when `timeout` passes without a connection.
+        Raises NatsAuthError at once on an authorization violation or TLS settings that cannot
+        work with the server, ServerTooOldError for a server older than 2.12, TimeoutError when
+        `timeout` passes without a connection.
         """
         loop = asyncio.get_running_loop()
-        self._auth_failed = loop.create_future()
+        self._refused = loop.create_future()
         task = asyncio.ensure_future(self.nc.connect(**self._connect_kwargs()))
-        waiters = {task, self._auth_failed}
+        waiters = {task, self._refused}
         done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if task not in done:
             task.cancel()
             await self._close_quietly()
-            if self._auth_failed in done:
-                raise NatsAuthError(
-                    f"NATS server at {self.servers} refused the credentials "
-                    f"({self._auth_failed.result()}); check KRENALIS_NATS_NKEY, "
-                    "KRENALIS_NATS_CREDS, KRENALIS_NATS_TOKEN or KRENALIS_NATS_USER/PASSWORD"
-                )
+            if self._refused in done:
+                raise NatsAuthError(f"NATS server at {self.servers} {self._refused.result()}")
             raise TimeoutError(f"cannot connect to NATS at {self.servers} within {timeout}s")
         task.result()
         self._check_version()
@@ -177,9 +309,9 @@ class NatsConnection:
 
     async def _on_error(self, exc: Exception) -> None:
         text = str(exc) or type(exc).__name__
-        pending = self._auth_failed is not None and not self._auth_failed.done()
-        if pending and "authorization violation" in text.lower():
-            self._auth_failed.set_result("Authorization Violation")
+        refusal = _refusal(exc)
+        if refusal and self._refused is not None and not self._refused.done():
+            self._refused.set_result(refusal)
         if text != self._last_error:
             self._last_error = text
             log.warning("NATS connection error; retrying.", extra={"error": text})
@@ -264,5 +396,9 @@ class NatsConnection:
 
 
 async def connect_simple(settings: Settings, urls: Sequence[str] | None = None) -> Client:
-    """A plain client with the same credentials (tests and one-shot commands)."""
-    return await nats.connect(**connect_options(settings, urls), max_reconnect_attempts=3)
+    """A plain client with the same credentials and TLS (tests and one-shot commands)."""
+    options = connect_options(settings, urls)
+    warn_plain_text_credentials(settings, options["servers"])
+    client = _checked_client(settings, options["servers"])
+    await client.connect(**options, max_reconnect_attempts=3)
+    return client

@@ -4,7 +4,8 @@ msgspec says "Expected `int` <= 16 - at `$.shards`"; the user reads 'pipeline "p
 be a whole number from 1 to 16, got 17', at the line of ``shards``. One translator serves every
 declaration: the path leads through the entry's declared type (for the wording, from
 :func:`~krenalis.workspace.values.describe`) and through its LineDicts and LineLists (for the
-line and the value shown). Values of secret types are never shown.
+line and the value shown). Values of secret types are never shown, and neither is a value that
+came from environment variables (``${VAR}``): the message names the variables instead.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class _Spot:
     type: mi.Type | None  # as declared; None when the path leaves the declaration
     value: Any
     line: int
+    variables: tuple[str, ...] = ()  # the environment variables the value was made with
 
 
 def explain(
@@ -50,7 +52,9 @@ def explain(
 ) -> tuple[int, str]:
     """The line and the reason to report for ``exc``, raised converting ``body``."""
     message, path = _MESSAGE.fullmatch(str(exc)).groups()  # type: ignore[union-attr]
-    spots = [_Spot((), mi.type_info(declared), body, entry.line)]
+    # A whole document that is one ${VAR} string is still marked (only containers unmark).
+    variables = getattr(body, "variables", ())
+    spots = [_Spot((), mi.type_info(declared), body, entry.line, variables)]
     for name, index in _SEGMENT.findall(path or ""):
         spots.append(_step(spots[-1], name, index))
     here = spots[-1]
@@ -62,6 +66,9 @@ def explain(
     tags = _tags(parent.type) if parent is not None else None
     if tags is not None and here.labels[-1] == tags[0]:
         where = _where(entry, here.labels[:-1])
+        if here.variables:
+            made = f"made with {_names(here.variables)} (not shown; {_known(tags)})"
+            return here.line, f"{where}: unknown {tags[0]} {made}"
         return here.line, f'{where}: unknown {tags[0]} "{here.value}" ({_known(tags)})'
     return _bad_value(message, exc.__cause__, here, entry)
 
@@ -71,7 +78,9 @@ def _step(spot: _Spot, name: str, index: str) -> _Spot:
     if name:
         value = container.get(name) if isinstance(container, dict) else _HIDDEN
         line = container.line_of(name) if isinstance(container, LineDict) else spot.line
-        return _Spot((*spot.labels, name), _field_type(spot.type, container, name), value, line)
+        variables = container.variables_of(name) if isinstance(container, LineDict) else ()
+        field_type = _field_type(spot.type, container, name)
+        return _Spot((*spot.labels, name), field_type, value, line, variables)
     label = spot.labels[-1] if spot.labels else ""
     item_type = _item_type(spot.type)
     if index == "...":
@@ -79,7 +88,8 @@ def _step(spot: _Spot, name: str, index: str) -> _Spot:
     i = int(index)
     value = container[i] if isinstance(container, list) and i < len(container) else _HIDDEN
     line = container.item_lines[i] if isinstance(container, LineList) else spot.line
-    return _Spot((*spot.labels[:-1], f"{label}[{i}]"), item_type, value, line)
+    variables = container.variables_of(i) if isinstance(container, LineList) else ()
+    return _Spot((*spot.labels[:-1], f"{label}[{i}]"), item_type, value, line, variables)
 
 
 def _unknown_key(key: str, here: _Spot, entry: Entry) -> tuple[int, str]:
@@ -117,9 +127,25 @@ def _bad_value(
         return here.line, f"{subject}: {expected}"
     if here.type is None:
         return here.line, f"{subject}: {message}"
+    must = f"{subject} must be {expected or describe(here.type)}"
+    if here.variables:
+        return here.line, must + _got_variables(here.variables, here.type)
     shown = not is_secret(here.type) and here.value is not _HIDDEN
     got = f", got {_kind(here.value)}" if shown else ""
-    return here.line, f"{subject} must be {expected or describe(here.type)}{got}"
+    return here.line, must + got
+
+
+def _got_variables(variables: tuple[str, ...], declared: mi.Type) -> str:
+    """What a message says of a value made with ``variables``, instead of the value."""
+    got = f", got a value made with {_names(variables)} (not shown)"
+    if isinstance(_unwrap(declared), mi.IntType | mi.FloatType | mi.BoolType):
+        # msgspec takes no text for these, so no variable can ever give one: say so.
+        got += "; ${...} always gives text, never a number or true/false: write it in the file"
+    return got
+
+
+def _names(variables: tuple[str, ...]) -> str:
+    return ", ".join(f"${{{name}}}" for name in variables)
 
 
 def _where(entry: Entry, labels: tuple[str, ...]) -> str:

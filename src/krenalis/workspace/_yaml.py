@@ -7,13 +7,16 @@ and a duplicated pipeline id must not quietly replace the first one. So mappings
 (the line of each item). Lines are 1-based.
 
 ``${VAR}`` in string values (never in keys) is replaced by the environment variable, so secrets
-can stay out of the file; ``$$`` is a literal ``$``. An unset variable is an error.
+can stay out of the file; ``$$`` is a literal ``$``. An unset variable is an error. Such a value
+may be a secret, so it must never be shown: each LineDict and LineList knows which of its values
+came from which variables (``variables_of``), and error messages name those instead.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -39,27 +42,46 @@ class YamlError(Exception):
 
 
 class LineDict(dict[str, Any]):
-    """A mapping that knows its own line and the line of each of its keys."""
+    """A mapping that knows its own line, the line of each of its keys, and the environment
+    variables each of its string values took."""
 
     line: int
     key_lines: dict[str, int]
+    key_variables: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 
     def line_of(self, key: str) -> int:
         return self.key_lines.get(key, self.line)
 
+    def variables_of(self, key: str) -> tuple[str, ...]:
+        """The variables the value of ``key`` was made with; () when written in the file."""
+        return self.key_variables.get(key, ())
+
 
 class LineList(list[Any]):
-    """A sequence that knows its own line and the line of each item."""
+    """A sequence that knows its own line, the line of each item, and the environment variables
+    each of its string items took."""
 
     line: int
     item_lines: list[int]
+    item_variables: tuple[tuple[str, ...], ...] = ()
+
+    def variables_of(self, index: int) -> tuple[str, ...]:
+        """The variables item ``index`` was made with; () when written in the file."""
+        return self.item_variables[index] if index < len(self.item_variables) else ()
 
 
 def _line(node: Node) -> int:
     return node.start_mark.line + 1
 
 
-class UnsetVariable(str):
+class _FromEnvironment(str):
+    """A string value made with environment variables, named in ``variables``. It lives only
+    while the document is built: a LineDict or LineList keeps the names and a plain string."""
+
+    variables: tuple[str, ...]
+
+
+class UnsetVariable(_FromEnvironment):
     """A string value that uses environment variables this process does not have, kept as
     written. Only a reader that asked for it (`unset=`) gets one: `krenalis workspace apply`
     checks a file without the secrets that only the processes using them have."""
@@ -67,6 +89,7 @@ class UnsetVariable(str):
 
 def _expand(text: str, line: int, environ: Mapping[str, str], unset: set[str] | None) -> str:
     missing = False
+    used: dict[str, None] = {}  # the variables used, in order
 
     def replace(match: re.Match[str]) -> str:
         nonlocal missing
@@ -75,6 +98,7 @@ def _expand(text: str, line: int, environ: Mapping[str, str], unset: set[str] | 
         name = match.group(1)
         if not _VAR_NAME.fullmatch(name):
             raise YamlError(line, f'invalid environment variable reference "${{{name}}}"')
+        used[name] = None
         if name in environ:
             return environ[name]
         if unset is None:
@@ -86,7 +110,20 @@ def _expand(text: str, line: int, environ: Mapping[str, str], unset: set[str] | 
     if "$" not in text:
         return text
     expanded = _REFERENCE.sub(replace, text)
-    return UnsetVariable(expanded) if missing else expanded
+    if not used:
+        return expanded
+    marked = (UnsetVariable if missing else _FromEnvironment)(expanded)
+    marked.variables = tuple(used)
+    return marked
+
+
+def _unmarked(value: Any) -> tuple[Any, tuple[str, ...]]:
+    """A constructed value as its container keeps it, and the variables it was made with.
+    An UnsetVariable stays one (the checks tell it apart); other strings become plain."""
+    if not isinstance(value, _FromEnvironment):
+        return value, ()
+    kept = value if isinstance(value, UnsetVariable) else str.__str__(value)
+    return kept, value.variables
 
 
 def _own_and_merged_pairs(loader: Any, node: MappingNode) -> tuple[list[Any], list[Any]]:
@@ -103,19 +140,28 @@ def _construct_mapping(loader: Any, node: MappingNode) -> LineDict:
     data = LineDict()
     data.line = _line(node)
     data.key_lines = {}
+    variables: dict[str, tuple[str, ...]] = {}
     for key_node, value_node in merged:
         key = _key(key_node)
-        data[key] = loader.construct_object(value_node, deep=True)
-        data.key_lines[key] = _line(key_node)
+        variables[key] = _put(loader, data, key, key_node, value_node)
     seen: set[Any] = set()
     for key_node, value_node in own:
         key = _key(key_node)
         if key in seen:
             raise YamlError(_line(key_node), f'duplicate key "{key}"')
         seen.add(key)
-        data[key] = loader.construct_object(value_node, deep=True)
-        data.key_lines[key] = _line(key_node)
+        variables[key] = _put(loader, data, key, key_node, value_node)
+    data.key_variables = variables
     return data
+
+
+def _put(
+    loader: Any, data: LineDict, key: Any, key_node: Node, value_node: Node
+) -> tuple[str, ...]:
+    """Set ``key`` and its line; return the environment variables its value was made with."""
+    data[key], variables = _unmarked(loader.construct_object(value_node, deep=True))
+    data.key_lines[key] = _line(key_node)
+    return variables
 
 
 def _key(node: Node) -> Any:
@@ -126,9 +172,11 @@ def _key(node: Node) -> Any:
 
 
 def _construct_sequence(loader: Any, node: Node) -> LineList:
-    data = LineList(loader.construct_object(item, deep=True) for item in node.value)
+    items = [_unmarked(loader.construct_object(item, deep=True)) for item in node.value]
+    data = LineList(value for value, _ in items)
     data.line = _line(node)
     data.item_lines = [_line(item) for item in node.value]
+    data.item_variables = tuple(variables for _, variables in items)
     return data
 
 

@@ -14,11 +14,14 @@ then filters and consent rules.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import operator
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, ClassVar, NoReturn
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -58,8 +61,81 @@ class _Warehouse(msgspec.Struct, forbid_unknown_fields=True):
     dsn: Dsn
 
 
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class _Origin(str):
+    """A web page's origin, as browsers send it in ``Origin``: scheme, host, optional port.
+    A first label "*" stands for any subdomain. Kept normalised (lower case, no default port),
+    as browsers write it, so that the collector compares strings."""
+
+    description: ClassVar[str] = (
+        "an origin such as https://shop.example.com or https://*.example.com"
+    )
+
+    @classmethod
+    def decode(cls, value: Any) -> _Origin:
+        if not isinstance(value, str) or not value:
+            raise ValueError("a non-empty string")
+        origin, problem = _normal_origin(value)
+        if problem:
+            raise ValueError(f"{cls.description}; {problem}")
+        return cls(origin)
+
+
+def _normal_origin(text: str) -> tuple[str, str | None]:
+    """The origin ``text`` in its normal form, or the reason it is not one."""
+    if text == "*":
+        return "", "to allow every origin, leave allowed_origins out"
+    if any(c.isspace() for c in text):
+        return "", "it contains whitespace"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return "", "it is malformed"
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        return "", f'its scheme is "{parts.scheme}"' if parts.scheme else "it has no scheme"
+    if parts.path or parts.query or parts.fragment or text.endswith(("?", "#")):
+        return "", "it has a path: an origin ends after the host (and port)"
+    if "@" in parts.netloc:
+        return "", "it has a user name"
+    host, problem = _origin_host(parts.hostname or "")
+    if problem:
+        return "", problem
+    shown_port = f":{port}" if port is not None and port != _DEFAULT_PORTS[scheme] else ""
+    return f"{scheme}://{host}{shown_port}", None
+
+
+def _origin_host(host: str) -> tuple[str, str | None]:
+    if not host:
+        return "", "it has no host"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        return (f"[{host}]" if address.version == 6 else host), None
+    labels = host.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if not labels:
+            return "", 'it needs a domain after "*."'
+    if any("*" in label for label in labels):
+        return "", 'its "*" may only stand for the first label of the host, as in *.example.com'
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return "", (
+            "its host must be letters, digits, hyphens and dots "
+            "(an internationalised name in its xn-- form)"
+        )
+    return host, None
+
+
 class _Source(msgspec.Struct, forbid_unknown_fields=True):
     write_key: WriteKey
+    allowed_origins: list[_Origin] | None = None
 
 
 class _Batch(msgspec.Struct, forbid_unknown_fields=True):
@@ -151,7 +227,8 @@ class _Loader:
         for source_id, body in section.items():
             line = section.line_of(source_id)
             self.check_id(source_id, line, "source")
-            key = str(self.convert(_Source, body, f'source "{source_id}"', line).write_key)
+            fields: _Source = self.convert(_Source, body, f'source "{source_id}"', line)
+            key = str(fields.write_key)
             if key in owner_of_key:
                 self.fail(
                     line,
@@ -159,8 +236,20 @@ class _Loader:
                     "each source needs its own",
                 )
             owner_of_key[key] = source_id
-            sources[source_id] = Source(source_id, key)
+            origins = self.allowed_origins(fields, body, source_id)
+            sources[source_id] = Source(source_id, key, origins)
         return sources
+
+    def allowed_origins(self, fields: _Source, body: Any, source_id: str) -> tuple[str, ...]:
+        if fields.allowed_origins is None:
+            return ()
+        if not fields.allowed_origins:
+            self.fail(
+                body.line_of("allowed_origins"),
+                f'source "{source_id}": allowed_origins is empty; list the origins whose pages '
+                "may send events, or leave it out to allow every origin",
+            )
+        return tuple(dict.fromkeys(str(origin) for origin in fields.allowed_origins))
 
     def destinations(self, section: LineDict) -> dict[str, Destination]:
         # Read now, not at import: a sink registered at run time is known too.

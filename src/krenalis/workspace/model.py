@@ -58,10 +58,16 @@ def _mask_dsn(dsn: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Something that sends events, authenticated by its write key (masked in ``repr``)."""
+    """Something that sends events, authenticated by its write key (masked in ``repr``).
+
+    ``allowed_origins`` are the web pages' origins whose browsers may send its events
+    ("https://shop.example.com", "https://*.example.com" for any subdomain), normalised:
+    lower case, no default port. Empty: any origin.
+    """
 
     id: str
     write_key: str
+    allowed_origins: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"Source(id={self.id!r}, write_key='***')"

