@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -250,8 +251,10 @@ class WebhookOptions(SinkOptions, tag="webhook"):
     with each, for replacing one without a gap. ``headers``: extra headers for
     every request (for example an ``Authorization``). ``batch``: send each ``write()`` as one
     ``{"batch": [...]}`` request instead of one request per event; the response then applies to
-    every event in it. ``timeout``: seconds allowed for each of connect, write, read and pool
-    waits. ``max_concurrency``: requests in flight at most, for this sink. ``rate_limit``:
+    every event in it. ``timeout``: seconds a whole request may take, from connecting to the
+    answer's status and headers (a receiver that drips its answer a byte at a time does not
+    hold a batch for longer); the start of the body, which only explains a failure, is read in
+    what is left of it. ``max_concurrency``: requests in flight at most, for this sink. ``rate_limit``:
     requests per second at most (bursts up to one second's worth), None for no limit.
     """
 
@@ -291,6 +294,7 @@ class WebhookSink:
 
     def __init__(self, options: WebhookOptions, *, client: httpx.AsyncClient | None = None) -> None:
         self._url = httpx.URL(options.url)
+        self._deadline = float(options.timeout)
         self._secrets = options.secrets
         self._batch = options.batch
         self._headers = {**options.headers, "Content-Type": "application/json"}
@@ -397,15 +401,24 @@ class WebhookSink:
                 # Signed at each attempt (a fresh timestamp), with an id every attempt shares.
                 message_id = idempotency_key or hashlib.sha256(body).hexdigest()
                 headers.update(sign(self._secrets, message_id, body))
-            try:
-                async with self._client.stream(
-                    "POST", self._url, content=body, headers=headers, follow_redirects=False
-                ) as response:
-                    return classify(
-                        response.status_code, response.headers, await _read_prefix(response)
-                    )
-            except httpx.RequestError as exc:
-                return Retry(_transport_reason(exc, self._url))
+            return await self._send(body, headers)
+
+    async def _send(self, body: bytes, headers: dict[str, str]) -> Outcome:
+        """One POST within the total deadline: a status by then, or Retry."""
+        request = self._client.build_request("POST", self._url, content=body, headers=headers)
+        deadline = asyncio.get_running_loop().time() + self._deadline
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._client.send(request, stream=True, follow_redirects=False)
+        except TimeoutError:
+            return Retry(f"Timeout: no answer from {self._url.host} within {self._deadline:g}s")
+        except httpx.RequestError as exc:
+            return Retry(_transport_reason(exc, self._url))
+        try:
+            text = await _read_prefix(response, deadline)
+        finally:
+            await response.aclose()
+        return classify(response.status_code, response.headers, text)
 
 
 class _TokenBucket:
@@ -477,20 +490,20 @@ def _batch_key(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
-async def _read_prefix(response: httpx.Response) -> str:
-    """Read the start of the body; a large body is dropped with its connection.
+async def _read_prefix(response: httpx.Response, deadline: float) -> str:
+    """Read the start of the body until `deadline` (loop time); a large body is dropped with
+    its connection.
 
-    The body only explains failures: once the status arrived, an error while reading the body
-    must not turn a 2xx into a retry, so it yields an empty text.
+    The body only explains failures: once the status arrived, an error or the deadline while
+    reading the body must not turn a 2xx into a retry, so it yields what arrived by then.
     """
     data = b""
-    try:
-        async for chunk in response.aiter_bytes():
-            data += chunk
-            if len(data) >= BODY_PREFIX_BYTES:
-                break
-    except httpx.RequestError:
-        pass
+    with contextlib.suppress(httpx.RequestError, TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) >= BODY_PREFIX_BYTES:
+                    break
     return data[:BODY_PREFIX_BYTES].decode("utf-8", errors="replace")
 
 
