@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-faults bench lint lock clean
+.PHONY: install run test test-faults bench lint lock analytics-js clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (found " + sys.version.split()[0] + "); run: make PYTHON=python3.11 ...")'
@@ -40,6 +40,12 @@ lock:
 	.lock-venv/bin/python -m pip install --quiet '.[dev]'
 	.lock-venv/bin/python -m pip freeze --exclude krenalis-events > constraints.txt
 	rm -rf .lock-venv build *.egg-info
+
+# The analytics.js the collector serves (src/krenalis/collector/assets/analytics-next/, whose
+# README says what is there): refreshed from npm's @segment/analytics-next, the newest release
+# or ANALYTICS_JS_VERSION=x.y.z. Needs npm; run tests/browser/ before committing the result.
+analytics-js:
+	$(PYTHON) tools/refresh_analytics_js.py $(ANALYTICS_JS_VERSION)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -209,3 +209,53 @@ def test_batch_context_errors_refuse_the_request() -> None:
 
     with pytest.raises(RequestError, match=r"property 'context.screen.width' is not a number"):
         decode({"batch": [track()], "context": {"screen": {"width": "big"}}})
+
+
+# -- campaign from the page URL ------------------------------------------------------------------
+
+
+def test_utm_parameters_of_the_page_url_fill_the_campaign() -> None:
+    url = "https://shop.test/sale?utm_source=news&utm_medium=email&utm_campaign=winter%20sale"
+    url += "&utm_term=boots&utm_content=banner&utm_unknown=x&q=1#top"
+    assert context_of({"page": {"url": url}})["campaign"] == {
+        "source": "news",
+        "medium": "email",
+        "name": "winter sale",
+        "term": "boots",
+        "content": "banner",
+    }
+
+
+def test_a_campaign_the_sdk_sent_is_kept_as_it_is() -> None:
+    context = {
+        "page": {"url": "https://shop.test/?utm_source=news&utm_campaign=winter"},
+        "campaign": {"source": "ads"},
+    }
+    assert context_of(context)["campaign"] == {"source": "ads"}
+
+
+def test_a_batch_default_campaign_counts_as_sent() -> None:
+    body = {
+        "batch": [track(context={"page": {"url": "https://shop.test/?utm_source=news"}})],
+        "context": {"campaign": {"name": "batch"}},
+    }
+    [event] = decode(body).events
+    assert event["context"]["campaign"] == {"name": "batch"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://shop.test/",
+        "https://shop.test/?utm_source=",  # empty values carry nothing
+        "https://shop.test/utm_source/page",  # not a query parameter
+        "http://[::1/?utm_source=news",  # not a URL
+    ],
+)
+def test_no_campaign_without_utm_values(url: str) -> None:
+    assert "campaign" not in context_of({"page": {"url": url}})
+
+
+def test_the_first_of_repeated_utm_parameters_wins() -> None:
+    url = "https://shop.test/?utm_source=first&utm_source=second"
+    assert context_of({"page": {"url": url}})["campaign"] == {"source": "first"}

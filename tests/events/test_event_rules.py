@@ -123,7 +123,7 @@ def test_message_id_is_kept_and_limited_to_99_characters() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "allowed"),
     [
-        ("category", "c", ["page"]),
+        ("category", "c", ["page", "screen"]),
         ("name", "n", ["page", "screen"]),
         ("event", "e", ["track"]),
         ("groupId", "g", ["group"]),
@@ -189,3 +189,9 @@ def test_context_must_be_an_object() -> None:
 def test_empty_context_is_removed() -> None:
     event = one(track(context={"app": {"name": ""}, "locale": "xx"}), fallback_to_request_ip=False)
     assert "context" not in event
+
+
+def test_category_on_screen_is_kept() -> None:
+    """RudderStack's Python SDK sends category on screen: refusing it lost the event."""
+    event = one({"type": "screen", "userId": "u1", "name": "Home", "category": "Onboarding"})
+    assert (event["name"], event["category"]) == ("Home", "Onboarding")

@@ -3,7 +3,11 @@
 Endpoints (POST):
 - Krenalis form: /v1/events (a batch envelope, a bare array or a single event) and
   /v1/events/{track|page|screen|identify|group|alias};
-- Segment form: /v1/batch and /v1/{track|page|screen|identify|group|alias}.
+- Segment form: /v1/batch and /v1/{track|page|screen|identify|group|alias}, and the short
+  paths analytics.js posts to: /v1/b (batch) and /v1/{t|p|s|i|g|a};
+- RudderStack's beacon: /beacon/v1/batch?writeKey=KEY (navigator.sendBeacon sends no header).
+For browsers and emails (GET, see :mod:`krenalis.collector.web`): analytics.js, its chunks and
+its settings, RudderStack's /sourceConfig/, and the pixel /v1/pixel/{type}?data=<base64 JSON>.
 Plus GET /health and CORS preflight on every path (see :mod:`krenalis.collector.cors`).
 /metrics is not here: :class:`MetricsApp` serves it on its own address (KRENALIS_METRICS_ADDR),
 so that the public ingestion port does not show traffic and pipeline names to anyone.
@@ -25,17 +29,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from krenalis import metrics
+from krenalis.collector import web
 from krenalis.collector.cors import PREFLIGHT, CorsPolicy, refused
 from krenalis.collector.http import (
     BODY_DEADLINE,
     error_body,
     forwarded_for,
     header,
+    public_origin,
     read_body,
+    send_bytes,
     send_json,
 )
 from krenalis.errors import PublishError, RequestError
@@ -49,9 +57,27 @@ __all__ = ["Collector", "MetricsApp"]
 
 log = logging.getLogger("krenalis.collector")
 
-_TYPED = {f"/v1/{t}": t for t in EVENT_TYPES} | {f"/v1/events/{t}": t for t in EVENT_TYPES}
-_GENERIC = ("/v1/events", "/v1/batch")
+#: analytics.js posts each call to {apiHost}/<first letter of its type>, and batches to /b.
+_SHORT = {t[0]: t for t in EVENT_TYPES}
+_TYPED = (
+    {f"/v1/{t}": t for t in EVENT_TYPES}
+    | {f"/v1/events/{t}": t for t in EVENT_TYPES}
+    | {f"/v1/{letter}": t for letter, t in _SHORT.items()}
+)
+_BEACON = "/beacon/v1/batch"
+_GENERIC = ("/v1/events", "/v1/batch", "/v1/b", _BEACON)
+_PIXELS = {f"{web.PIXEL_PREFIX}{t}": t for t in EVENT_TYPES}
 _NO_STORE = [(b"cache-control", b"no-store, max-age=0")]
+_JSON = (b"content-type", b"application/json")
+_SCRIPT = (b"content-type", b"text/javascript; charset=utf-8")
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_ANY_ORIGIN = (b"access-control-allow-origin", b"*")
+#: A bundle's name holds its content's hash: it never changes under the same name.
+_IMMUTABLE = (b"cache-control", b"public, max-age=31536000, immutable")
+_SHORT_CACHE = (b"cache-control", b"public, max-age=300")
+#: Settings name the host the request came by, so no shared cache may keep them.
+_PRIVATE_CACHE = (b"cache-control", b"private, max-age=60")
+_encode = msgspec.json.Encoder().encode
 _BAD_AUTH = (
     'Authorization header is invalid; use "Authorization: Bearer <WRITE_KEY>" or HTTP Basic '
     "auth with the write key as user name and an empty password"
@@ -104,8 +130,10 @@ class Collector:
             await self._preflight(send, origin, cors)
         elif path == "/health" and method in ("GET", "HEAD"):
             await self._health(send)
-        elif path in _TYPED or path in _GENERIC:
+        elif path in _TYPED or path in _GENERIC or path in _PIXELS:
             await self._ingest(scope, receive, send, origin, cors)
+        elif method in ("GET", "HEAD"):
+            await self._web(scope, send, path, origin, cors)
         else:
             body = error_body("NotFound", f"no endpoint at {path}")
             await send_json(send, 404, body, cors)
@@ -133,15 +161,16 @@ class Collector:
     ) -> None:
         started = time.perf_counter()
         headers = _NO_STORE
+        pixel = _pixel_type(scope)
         try:
-            if scope["method"] != "POST":
-                raise RequestError(
-                    "use POST",
-                    status=405,
-                    code="MethodNotAllowed",
-                    headers=[(b"allow", b"POST, OPTIONS")],
-                )
-            status, body = await self._handle(scope, receive, origin)
+            if pixel is not None:
+                if scope["method"] != "GET":
+                    raise _wrong_method("GET")
+                status, body = await self._store(scope, web.pixel_body(scope), None, origin, pixel)
+            elif scope["method"] != "POST":
+                raise _wrong_method("POST")
+            else:
+                status, body = await self._handle(scope, receive, origin)
         except RequestError as exc:
             status, body = exc.status, error_body(exc.code, exc.message)
             headers = headers + exc.headers
@@ -151,6 +180,9 @@ class Collector:
             return  # the client went away; nothing to answer
         metrics.REQUESTS.labels(str(status)).inc()
         metrics.REQUEST_LATENCY.observe(time.perf_counter() - started)
+        if pixel is not None and status == 200:  # an email's <img>: the image, not JSON
+            await send_bytes(send, 200, web.GIF, [(b"content-type", b"image/gif"), *headers])
+            return
         await send_json(send, status, body, (cors or []) + headers)
 
     async def _handle(self, scope: dict, receive: Callable, origin: str | None) -> tuple[int, dict]:
@@ -159,11 +191,22 @@ class Collector:
         if source is not None:  # refused before its body is read
             self.cors.check(source, origin)
         body = await read_body(scope, receive, self.body_deadline)
+        return await self._store(scope, body, source, origin, _event_type(scope))
+
+    async def _store(
+        self,
+        scope: dict,
+        body: bytes,
+        source: Source | None,
+        origin: str | None,
+        event_type: str | None,
+    ) -> tuple[int, dict]:
+        """Parse, authenticate, validate, publish: the answer once every copy is stored."""
         received_at = datetime.now(UTC)
-        request = parse_request(body, event_type=_event_type(scope))
+        request = parse_request(body, event_type=event_type)
         # Who sent it is settled before the work of validating every event.
         if source is None:
-            source = self._source_from_body(request.write_key)
+            source = self._source_from_body(request.write_key or _query_key(scope))
             self.cors.check(source, origin)
         decoded = build_events(
             request,
@@ -244,9 +287,81 @@ class Collector:
                 metrics.FILTERED.labels(pipeline).inc(count - reported[pipeline])
                 reported[pipeline] = count
 
+    async def _web(
+        self, scope: dict, send: Callable, path: str, origin: str | None, cors: list | None
+    ) -> None:
+        """GET for browsers: analytics.js, its chunks, its settings, RudderStack's config."""
+        head = scope["method"] == "HEAD"
+        try:
+            status, body, headers = self._web_answer(scope, path, origin, cors)
+        except RequestError as exc:
+            body = _encode(error_body(exc.code, exc.message))
+            status, headers = exc.status, [_JSON, *_NO_STORE, *exc.headers]
+            if exc.status != 403:  # an origin its source refuses gets no CORS answer
+                headers += cors or []
+        await send_bytes(send, status, body, headers, head=head)
+
+    def _web_answer(
+        self, scope: dict, path: str, origin: str | None, cors: list | None
+    ) -> tuple[int, bytes, list]:
+        if (key := web.script_key(path)) is not None:
+            self._known_source(key)
+            script = web.assets().script_for(key)
+            return 200, script, [_SCRIPT, _NOSNIFF, _SHORT_CACHE, _ANY_ORIGIN]
+        if (name := web.bundle_name(path)) is not None:
+            bundle = web.assets().bundles.get(name)
+            if bundle is None:
+                raise _not_found()
+            return 200, bundle, [_SCRIPT, _NOSNIFF, _IMMUTABLE, _ANY_ORIGIN]
+        if (key := web.settings_key(path)) is not None:
+            source = self._known_source(key)
+            self.cors.check(source, origin)
+            scheme, host = public_origin(scope, self.settings.trusted_proxies)
+            settings = web.segment_settings(source.write_key, scheme, host)
+            return 200, _encode(settings), [_JSON, _PRIVATE_CACHE, *(cors or [])]
+        if path == web.SOURCE_CONFIG:
+            source = self._source_from_header(scope) or self._source_from_body(
+                web.query_value(scope, "writeKey")
+            )
+            self.cors.check(source, origin)
+            config = web.rudderstack_config(source)
+            return 200, _encode(config), [_JSON, _PRIVATE_CACHE, *(cors or [])]
+        raise RequestError(f"no endpoint at {path}", status=404, code="NotFound")
+
+    def _known_source(self, write_key: str) -> Source:
+        """The source of a write key in a URL; 404 saying nothing about keys otherwise."""
+        source = self.workspace.source_by_write_key(write_key)
+        if source is None:
+            raise _not_found()
+        return source
+
 
 def _event_type(scope: dict) -> str | None:
     return _TYPED.get(scope["path"].rstrip("/"))
+
+
+def _pixel_type(scope: dict) -> str | None:
+    return _PIXELS.get(scope["path"].rstrip("/"))
+
+
+def _query_key(scope: dict) -> str | None:
+    """RudderStack's beacon puts the write key in the URL: sendBeacon cannot send a header."""
+    if scope["path"].rstrip("/") != _BEACON:
+        return None
+    return web.query_value(scope, "writeKey")
+
+
+def _wrong_method(allowed: str) -> RequestError:
+    return RequestError(
+        f"use {allowed}",
+        status=405,
+        code="MethodNotAllowed",
+        headers=[(b"allow", f"{allowed}, OPTIONS".encode())],
+    )
+
+
+def _not_found() -> RequestError:
+    return RequestError("not found", status=404, code="NotFound")
 
 
 def _check_content_type(value: str | None) -> None:

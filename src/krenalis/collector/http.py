@@ -1,10 +1,11 @@
 """Small ASGI helpers for the collector: reading a bounded (maybe gzipped) body in bounded
-time, the X-Forwarded-For to believe, JSON answers."""
+time, the X-Forwarded-For (and -Proto, -Host) to believe, JSON answers."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,15 @@ import msgspec
 from krenalis.errors import RequestError
 from krenalis.events import MAX_BODY_BYTES
 
-__all__ = ["error_body", "forwarded_for", "header", "read_body", "send_json"]
+__all__ = [
+    "error_body",
+    "forwarded_for",
+    "header",
+    "public_origin",
+    "read_body",
+    "send_bytes",
+    "send_json",
+]
 
 Scope = dict[str, Any]
 
@@ -134,6 +143,46 @@ def forwarded_for(scope: Scope, trusted: Sequence[_Network]) -> str | None:
     return items[0] if items else None
 
 
+#: A Host header: a name or an IPv4 address, or an IPv6 address in brackets; maybe a port.
+_HOST = re.compile(r"(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def public_origin(scope: Scope, trusted: Sequence[_Network]) -> tuple[str, str]:
+    """(scheme, host[:port]) by which the client reached the collector, for URLs written into
+    answers (analytics.js's settings).
+
+    The connection's own scheme and Host header, unless the peer is a trusted proxy
+    (KRENALIS_TRUSTED_PROXIES): then X-Forwarded-Proto and X-Forwarded-Host, when sent, say
+    what the client used. Of a list, the last value counts: it is the nearest proxy's word, the
+    only one known to come from a trusted peer. RequestError (400) when there is no usable host.
+    """
+    scheme = scope.get("scheme") or "http"
+    host = header(scope, b"host")
+    peer = _address((scope.get("client") or ("", 0))[0])
+    if trusted and peer is not None and _in(peer, trusted):
+        proto = _last_value(scope, b"x-forwarded-proto")
+        if proto in ("http", "https"):
+            scheme = proto
+        host = _last_value(scope, b"x-forwarded-host") or host
+    host = (host or "").strip().lower()
+    if not _HOST.fullmatch(host):
+        raise RequestError(
+            "the request's Host header is missing or is not a host name with an optional port; "
+            "send the collector's public host, such as Host: events.example.com"
+        )
+    return scheme, host
+
+
+def _last_value(scope: Scope, name: bytes) -> str | None:
+    values = [
+        item.strip().lower()
+        for key, value in scope["headers"]
+        if key == name
+        for item in value.decode("latin-1").split(",")
+    ]
+    return values[-1] if values and values[-1] else None
+
+
 def _in(address: _Address, networks: Sequence[_Network]) -> bool:
     return any(address in network for network in networks)
 
@@ -214,6 +263,15 @@ async def send_json(send: Any, status: int, body: Any, headers: list | None = No
         }
     )
     await send({"type": "http.response.body", "body": data})
+
+
+async def send_bytes(
+    send: Any, status: int, body: bytes, headers: list, *, head: bool = False
+) -> None:
+    """An answer whose ``headers`` include its content type; ``head``: without the body."""
+    length = (b"content-length", str(len(body)).encode())
+    await send({"type": "http.response.start", "status": status, "headers": [length, *headers]})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

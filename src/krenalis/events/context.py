@@ -8,11 +8,13 @@ raise EventError naming the property, as the client sees it in the answer's "rej
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlsplit
+
 from krenalis.errors import EventError
 
 from .locales import normalize_locale
 
-__all__ = ["SECTIONS", "decode_context", "merge_context"]
+__all__ = ["SECTIONS", "campaign_from_url", "decode_context", "merge_context"]
 
 # Kinds of section properties.
 STRING, BOOLEAN, FLOAT, INT16, INT64, DECIMAL = "s", "b", "f", "i16", "i64", "d"
@@ -51,6 +53,16 @@ SECTIONS: dict[str, dict[str, str]] = {
     "referrer": {"id": STRING, "type": STRING},
     "screen": {"width": INT16, "height": INT16, "density": DECIMAL},
     "session": {"id": INT64, "start": BOOLEAN},
+}
+
+# A page URL's query parameters -> context.campaign keys, as Segment's and RudderStack's
+# browser SDKs map them (utm_campaign is the campaign's name).
+_UTM = {
+    "utm_campaign": "name",
+    "utm_source": "source",
+    "utm_medium": "medium",
+    "utm_term": "term",
+    "utm_content": "content",
 }
 
 # Top-level context strings. "groupId" is read (and type-checked) but is not in the event schema.
@@ -199,3 +211,19 @@ def merge_context(context: dict, default: dict) -> dict:
         elif key in SECTIONS:
             context[key] = {**value, **own}
     return context
+
+
+def campaign_from_url(url: str | None) -> dict[str, str]:
+    """context.campaign from the utm_* parameters of a page URL; empty when it has none."""
+    if not url or "utm_" not in url:  # the common case costs one substring search
+        return {}
+    try:
+        query = urlsplit(url).query
+    except ValueError:  # an unreadable URL (a bad IPv6 literal...) has no campaign to read
+        return {}
+    campaign = {}
+    for name, value in parse_qsl(query):
+        key = _UTM.get(name.lower())
+        if key is not None and value and key not in campaign:
+            campaign[key] = value
+    return campaign

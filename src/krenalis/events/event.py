@@ -14,6 +14,9 @@ alone, with its reason in the answer's "rejected"):
   properties with one name). An event with a NUL in an id or in a key of properties, traits or
   context.consents is rejected, naming it.
 
+Campaign: a page URL's utm_* parameters fill context.campaign when the event has none (SDKs
+that do not read them, pixels, hand-made requests); a campaign the SDK sent is kept as it is.
+
 Timestamps (`_timestamps`): the client's clock gives originalTimestamp, and timestamp is it
 corrected by the client's clock skew, as Segment does: timestamp = receivedAt - (sentAt -
 originalTimestamp). A timestamp that would be more than `FUTURE_TOLERANCE` (1 minute) after
@@ -30,7 +33,7 @@ import msgspec
 
 from krenalis.errors import EventError
 
-from .context import decode_context, merge_context
+from .context import campaign_from_url, decode_context, merge_context
 from .ip import ClientAddress
 from .timestamps import format_timestamp, is_wire_form, parse_timestamp
 from .useragent import normalize_browser, normalize_os, parse_user_agent
@@ -62,8 +65,9 @@ _NOT_NULL = ("channel", "event", "name", "sentAt", "type", "previousId")
 _MISSING = object()
 
 # Per-type permissions: property -> (types where it is required, types where it is allowed).
+# category is Segment's for page; RudderStack's SDKs send it on screen too.
 _PERMISSIONS = (
-    ("category", frozenset(), frozenset(("page",))),
+    ("category", frozenset(), frozenset(("page", "screen"))),
     ("event", frozenset(("track",)), frozenset(("track",))),
     ("groupId", frozenset(("group",)), frozenset(("group",))),
     ("name", frozenset(), frozenset(("page", "screen"))),
@@ -316,6 +320,10 @@ def _context(raw: dict, state: RequestState) -> dict:
         raise EventError("property 'context' is not a valid object")
     if state.default_context:
         merge_context(context, state.default_context)
+    if "campaign" not in context and "page" in context:
+        campaign = campaign_from_url(context["page"].get("url"))
+        if campaign:
+            context["campaign"] = campaign
     browser = context.get("browser")
     if browser is not None:
         normalize_browser(browser)
