@@ -12,6 +12,8 @@ Modules:
 - scenarios:   the measured scenarios; report: bench/RESULTS.md; run: the command line;
 - drain:       on its own (`python -m bench.drain`): the warehouse worker alone draining a
                filled stream, with its CPU per event.
+- transforms:  on its own (`python -m bench.transforms`): the same drain without transform
+               steps, with an identity Python function and with five built-in steps.
 """
 
 from __future__ import annotations

@@ -35,9 +35,10 @@ from krenalis.errors import (
     WorkspaceError,
 )
 from krenalis.logs import setup_logging
-from krenalis.ops import check, dlq_cmd, nats_cmd, send, status, workspace_cmd
+from krenalis.ops import check, dlq_cmd, nats_cmd, send, snippet, status, workspace_cmd
 from krenalis.ops._common import quiet_logs
 from krenalis.ops.arguments import add_operator_commands
+from krenalis.ops.transform_cmd import transform_test
 
 __all__ = ["COMMANDS", "main"]
 
@@ -122,6 +123,8 @@ COMMANDS: dict[str, Command] = {
     "dlq replay": Command(dlq_cmd.dlq_replay),
     "dlq purge": Command(dlq_cmd.dlq_purge),
     "send": Command(send.send),
+    "snippet": Command(snippet.snippet),
+    "transform test": Command(transform_test),
     "workspace apply": Command(workspace_cmd.apply),
     "workspace show": Command(workspace_cmd.show),
     "workspace history": Command(workspace_cmd.history),

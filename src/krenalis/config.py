@@ -88,6 +88,9 @@ class Settings:
     #: Whether the operator named the workspace file (KRENALIS_WORKSPACE or --workspace): a
     #: process applies a local file only then, or as serve with its embedded NATS.
     workspace_named: bool = False
+    #: Where the file paths of transform steps (``transforms.py:enrich``, a GeoIP database)
+    #: start in the processes that run them; None: the workspace file's directory.
+    transforms_dir: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 2022
     http_workers: int = 1
@@ -106,6 +109,12 @@ class Settings:
     #: A child process of `serve` (a collector or the worker process), which `serve` started.
     child: bool = False
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def code_dir(self) -> Path:
+        """Where a transform step's file paths start: KRENALIS_TRANSFORMS_DIR, else the
+        directory of the workspace file (./krenalis.yaml by default: the working directory)."""
+        return self.transforms_dir or self.workspace_path.parent
 
     @property
     def embedded_nats(self) -> bool:
@@ -148,6 +157,9 @@ def load_settings(
         data_dir=Path(env.get("KRENALIS_DATA_DIR", "") or "data"),
         workspace_path=Path(env.get("KRENALIS_WORKSPACE", "") or "krenalis.yaml"),
         workspace_named=bool(env.get("KRENALIS_WORKSPACE", "")),
+        transforms_dir=Path(env.get("KRENALIS_TRANSFORMS_DIR", "") or ".")
+        if env.get("KRENALIS_TRANSFORMS_DIR")
+        else None,
         http_host=env.get("KRENALIS_HTTP_HOST", "") or "127.0.0.1",
         http_port=_port(env.get("KRENALIS_HTTP_PORT", "")),
         http_workers=_int_range(env, "KRENALIS_HTTP_WORKERS", 1, 1, 64),

@@ -8,6 +8,7 @@ KrenalisError
  │    └── ServerConfigError   nats-server refused a configuration file we wrote
  ├── WorkspaceError           the workspace file: "file:line: reason"
  │    └── FilterError         a filter or consent rule that cannot be built
+ ├── TransformLoadError       a pipeline's steps cannot be loaded (a function, a database)
  ├── WorkspaceChangeError     a workspace change that cannot be stored as asked
  │    └── RevisionConflict    another change was stored since this one read the workspace
  ├── RequestError             an HTTP request refused as a whole (status, code, message)
@@ -48,6 +49,7 @@ __all__ = [
     "ServerTooOldError",
     "SinkError",
     "StreamError",
+    "TransformLoadError",
     "WorkspaceChangeError",
     "WorkspaceError",
 ]
@@ -73,6 +75,17 @@ class WorkspaceError(KrenalisError):
         super().__init__(f"{filename}:{line}: {reason}" if line else f"{filename}: {reason}")
         self.filename = filename
         self.line = line
+        self.reason = reason
+
+
+class TransformLoadError(KrenalisError):
+    """A pipeline's transform steps cannot be loaded: ``step`` (a
+    :class:`~krenalis.transforms.spec.Step`, None when no one step is at fault) and why."""
+
+    def __init__(self, step: object, reason: str) -> None:
+        where = f"transform[{step.index}] ({step.spec.label}): " if step is not None else ""  # type: ignore[attr-defined]
+        super().__init__(where + reason)
+        self.step = step
         self.reason = reason
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "REQUESTS",
     "REQUEST_LATENCY",
     "RETRIED",
+    "STEP_EVENTS",
+    "STEP_SECONDS",
 ]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -40,7 +42,9 @@ FILTERED = Counter(
 )  # fmt: skip
 PUBLISHED = Counter("krenalis_events_published", "Event copies stored in EVENTS.", ["pipeline"])
 DELIVERED = Counter("krenalis_events_delivered", "Events committed by a sink.", ["pipeline"])
-RETRIED = Counter("krenalis_events_retried", "Delivery attempts that will be retried.", ["pipeline"])
+RETRIED = Counter(
+    "krenalis_events_retried", "Delivery attempts that will be retried.", ["pipeline"]
+)
 FAILED = Counter(
     "krenalis_events_failed", "Events that failed for good (then dead-lettered).", ["pipeline"]
 )
@@ -58,4 +62,15 @@ E2E_LATENCY = Histogram(
     "From receivedAt to the sink's commit.",
     ["pipeline"],
     buckets=_E2E_BUCKETS,
+)
+STEP_EVENTS = Counter(
+    "krenalis_step_events",
+    "Events through a pipeline's transform step: in, out (a fan-out gives several), dropped, "
+    "failed.",
+    ["pipeline", "step", "outcome"],
+)
+STEP_SECONDS = Counter(
+    "krenalis_step_seconds",
+    "Time spent in a transform step (divided by its events in: the time per event).",
+    ["pipeline", "step"],
 )

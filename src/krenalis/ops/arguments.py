@@ -1,4 +1,5 @@
-"""The arguments of the operator commands (nats, status, dlq, send, workspace).
+"""The arguments of the operator commands (nats, status, dlq, send, snippet, transform,
+workspace).
 
 Only argument definitions and help: `krenalis.cli.COMMANDS` says which function runs each.
 """
@@ -18,6 +19,8 @@ def add_operator_commands(commands: argparse._SubParsersAction) -> None:
     _add_status(commands)
     _add_dlq(commands)
     _add_send(commands)
+    _add_transform(commands)
+    _add_snippet(commands)
     _add_nats(commands)
 
 
@@ -211,6 +214,65 @@ def _add_send(commands: argparse._SubParsersAction) -> None:
     send.add_argument(
         "--count", type=int, default=1, metavar="N", help="events of each type (default 1)"
     )
+
+
+def _add_snippet(commands: argparse._SubParsersAction) -> None:
+    snippet = commands.add_parser(
+        "snippet",
+        help="the HTML snippet a website pastes into its pages (analytics.js from here)",
+        description=(
+            "Print the standard analytics.js snippet for a source: the collector serves the "
+            "script and its settings, so the page's events come here. The source is read from "
+            "the workspace stored in NATS, or from --workspace FILE."
+        ),
+    )
+    snippet.add_argument(
+        "--source", metavar="ID", help="the source (default: the workspace's first source)"
+    )
+    snippet.add_argument(
+        "--host", metavar="URL",
+        help="the collector's public URL as browsers reach it, e.g. https://events.example.com "
+        "(default http://127.0.0.1:KRENALIS_HTTP_PORT)",
+    )  # fmt: skip
+    snippet.add_argument(
+        "--workspace", metavar="FILE",
+        help="read the source from this workspace file instead of the one stored in NATS",
+    )  # fmt: skip
+
+
+def _add_transform(commands: argparse._SubParsersAction) -> None:
+    transform = commands.add_parser(
+        "transform",
+        help="try a pipeline's transform steps on an event or on its dead letters",
+        description="Run a pipeline's transform: steps here, showing what each step changes.",
+    )
+    sub = transform.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    test = sub.add_parser(
+        "test",
+        help="each step's input and output, as a coloured diff",
+        description=(
+            "Run PIPELINE's steps on the event(s) of --event FILE.json, or on its dead letters "
+            "(--from-dlq), and show what each step changes and whether the event passes. With "
+            "--workspace FILE the pipeline comes from that file and nothing needs NATS (but "
+            "reading EVENTS_DLQ); without it, from the workspace stored in NATS."
+        ),
+    )
+    test.add_argument("pipeline", metavar="PIPELINE", help="the pipeline's id")
+    test.add_argument(
+        "--event", metavar="FILE.json", help="an event (a JSON object) or a JSON list of events"
+    )
+    test.add_argument(
+        "--from-dlq", nargs="?", const="", metavar="FILE",
+        help="the pipeline's dead letters, from EVENTS_DLQ or from FILE (as `krenalis dlq "
+        "show SEQ --json` prints them); says which would now pass",
+    )  # fmt: skip
+    test.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="at most N dead letters (default 20)"
+    )
+    test.add_argument(
+        "--workspace", metavar="FILE",
+        help="take the pipeline from this workspace file (its directory is the code directory)",
+    )  # fmt: skip
 
 
 def _add_workspace(commands: argparse._SubParsersAction) -> None:

@@ -112,6 +112,7 @@ async def collect(conn: NatsConnection, settings: Settings) -> dict[str, Any]:
         "stream": stream,
         "dead_letters": sum(dead.values()),
         "pipelines": _pipelines(workspace, revision, consumers, dead),
+        "steps": _steps(processes),
         "workspace": workspace_info,
         "processes": [_process(p) for p in processes],
     }
@@ -126,6 +127,25 @@ def _process(p: ProcessInfo) -> dict[str, Any]:
         "revision": p.revision,
         "pipelines": list(p.pipelines),
     }
+
+
+def _steps(processes: list[ProcessInfo]) -> list[dict[str, Any]]:
+    """Each transform step's figures, summed over the processes that run it (since each
+    started)."""
+    summed: dict[tuple[str, str], list[float]] = {}
+    for process in processes:
+        for pipeline, step, *figures in process.steps:
+            total = summed.setdefault((str(pipeline), str(step)), [0, 0, 0, 0, 0.0])
+            for i, value in enumerate(figures[:5]):
+                total[i] += float(value)
+    rows = []
+    for (pipeline, step), (events_in, out, dropped, failed, seconds) in sorted(summed.items()):
+        rows.append({
+            "pipeline": pipeline, "step": step, "in": int(events_in), "out": int(out),
+            "dropped": int(dropped), "failed": int(failed),
+            "us_per_event": round(seconds / events_in * 1e6, 1) if events_in else None,
+        })  # fmt: skip
+    return rows
 
 
 def _now() -> str:
@@ -265,6 +285,8 @@ def render(snapshot: dict[str, Any]) -> Group:
         parts.append(Text(f"Workspace not loaded: {workspace['error']}", style="yellow"))
     if snapshot["pipelines"]:
         parts.append(_table(snapshot))
+    if snapshot.get("steps"):
+        parts.append(_steps_table(snapshot["steps"]))
     else:
         parts.append(Text("No pipelines: no consumer on EVENTS and none in the workspace."))
     parts.append(_processes(snapshot["processes"], workspace["revision"]))
@@ -304,6 +326,22 @@ def _table(snapshot: dict[str, Any]) -> Table:
         if state in ("no consumer yet", "not in workspace"):
             state = f"[yellow]{state}[/yellow]"
         table.add_row(row["pipeline"], state, *counts, _ago(row["last_delivery"], now))
+    return table
+
+
+def _steps_table(steps: list[dict[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
+    table.add_column("Pipeline", no_wrap=True)
+    table.add_column("Transform step")
+    for title in ("In", "Out", "Dropped", "Failed", "us/event"):
+        table.add_column(title, justify="right", no_wrap=True)
+    for row in steps:
+        failed = f"{row['failed']:,}"
+        if row["failed"]:
+            failed = f"[red]{failed}[/red]"
+        per_event = "-" if row["us_per_event"] is None else f"{row['us_per_event']:,.1f}"
+        table.add_row(escape(row["pipeline"]), escape(row["step"]), f"{row['in']:,}",
+                      f"{row['out']:,}", f"{row['dropped']:,}", failed, per_event)  # fmt: skip
     return table
 
 

@@ -34,6 +34,7 @@ from krenalis.runtime.stream import StreamRuntime
 from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import restore_if_lost
+from krenalis.transforms.process import step_totals
 from krenalis.worker.pool import Workers
 from krenalis.worker.retire import Retirer
 from krenalis.workspace.load import load_workspace, parse_workspace
@@ -161,7 +162,7 @@ class _Process:
         if self.roles.manage_layout:
             conn.on_reconnect(self._restore_layout)
         await self._start_roles(conn, workspace, revision)
-        self.service = await register(conn.nc, self._role(), self._state)
+        self.service = await register(conn.nc, self._role(), self._state, step_totals)
         self._install_signals()
         self.tasks.append(asyncio.create_task(self.follower.run(), name="workspace-follower"))
         log.info("Workspace revision in use.", extra={"revision": revision.number})
@@ -198,6 +199,7 @@ class _Process:
             self.workers = Workers(
                 conn.js, ack_wait=self.settings.nats_ack_wait, warehouse_dsn=dsn,
                 only=self.roles.only_pipelines or None, create_consumers=False,
+                code_dir=self.settings.code_dir,
             )  # fmt: skip
             await self.workers.apply(workspace, revision.retired)
             retirer = Retirer(conn.nc, conn.js, self.follower.store)  # type: ignore[union-attr]

@@ -40,6 +40,8 @@ class ProcessInfo:
     started: float
     revision: int
     pipelines: tuple[str, ...]
+    #: Its workers' transform steps: (pipeline, step, in, out, dropped, failed, seconds).
+    steps: tuple[tuple[Any, ...], ...] = ()
 
     @property
     def uptime(self) -> float:
@@ -51,9 +53,15 @@ class ProcessInfo:
         return self.role in ("serve", "collector")
 
 
-async def register(nc: Client, role: str, state: Callable[[], tuple[int, list[str]]]) -> Service:
+async def register(
+    nc: Client,
+    role: str,
+    state: Callable[[], tuple[int, list[str]]],
+    steps: Callable[[], list[list[Any]]] | None = None,
+) -> Service:
     """Register this process; `state()` returns (workspace revision, pipelines served) when
-    asked. Stop the returned service before closing the connection."""
+    asked, `steps()` its transform steps' figures. Stop the returned service before closing
+    the connection."""
     metadata = {
         "role": role,
         "host": socket.gethostname(),
@@ -63,7 +71,10 @@ async def register(nc: Client, role: str, state: Callable[[], tuple[int, list[st
 
     def stats(_endpoint: Any) -> dict[str, Any]:
         revision, pipelines = state()
-        return {"revision": revision, "pipelines": pipelines}
+        answer: dict[str, Any] = {"revision": revision, "pipelines": pipelines}
+        if steps is not None:
+            answer["steps"] = steps()
+        return answer
 
     service = await add_service(
         nc,
@@ -117,6 +128,7 @@ def _parse(data: bytes) -> ProcessInfo | None:
             started=float(meta.get("started", 0)),
             revision=int(state.get("revision") or 0),
             pipelines=tuple(state.get("pipelines") or ()),
+            steps=tuple(tuple(row) for row in state.get("steps") or ()),
         )
     except (ValueError, TypeError, AttributeError, IndexError):
         return None  # not one of ours, or another version: not counted

@@ -11,6 +11,12 @@ NATS acknowledgements:
 Per-user order: once an event of a user waits for a retry, that user's later events wait behind
 it, so a destination never sees a user's events out of order. Other users are not held up.
 
+Transform steps: a pipeline with a ``transform:`` list runs each fetched batch through its own
+transform process (:mod:`krenalis.transforms.process`) before holding it, once, in fetch order
+(a retried event is not transformed again). An event the steps drop is acked and counted as
+filtered; one they fail goes to the dead letters with the reason; one they fan out is held as
+several events that are acked together, once the sink took them all.
+
 When the consumer turns out to have been made again (see consumer.py), the events fetched from
 the old one are dropped without a word to NATS: the new consumer delivers them again, or they
 went with the old stream.
@@ -34,6 +40,7 @@ from krenalis.events import decode_event, user_key
 from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry, Sink
 from krenalis.stream.consumer import Delivery, PipelineConsumer
 from krenalis.stream.deadletters import dead_letter
+from krenalis.transforms.process import TransformProcess
 
 __all__ = ["PipelineWorker", "WorkerSettings"]
 
@@ -58,7 +65,9 @@ class _Held:
     """A fetched event waiting for its sink."""
 
     delivery: Delivery
-    event: dict
+    #: What the sink gets for this message: the event, or what the steps made of it (several
+    #: when they fanned it out; those the sink took already are removed).
+    events: list[dict]
     user: str
     attempts: int = 0
     not_before: float = 0.0
@@ -79,11 +88,13 @@ class PipelineWorker:
         shard: int = 0,
         settings: WorkerSettings | None = None,
         create_consumer: bool = True,
+        transform: TransformProcess | None = None,
     ) -> None:
         self.js = js
         self.pipeline = pipeline
         self.shard = shard
         self.sink = sink
+        self.transform = transform
         self.settings = settings or WorkerSettings()
         self.consumer = PipelineConsumer(js, pipeline, shard, ack_wait=self.settings.ack_wait)
         self.held: list[_Held] = []
@@ -96,6 +107,8 @@ class PipelineWorker:
         #: Set by the fetcher when it added events (or failed): the writer looks again.
         self._arrived = asyncio.Event()
         self._fetch_error: BaseException | None = None
+        #: Events fetched and being transformed (counted as held for the back-pressure).
+        self._transforming = 0
         #: The consumer generation the held events were checked against.
         self._generation: datetime | None = None
 
@@ -108,10 +121,13 @@ class PipelineWorker:
         if not self._started_once:
             await self._check_sink()
         self._started_once = True
+        if self.transform is not None:
+            await self.transform.start()  # steps that do not load: the supervisor retries
         log.info("Worker started.", extra={"pipeline": self.pipeline, "shard": self.shard})
         # The next events are fetched while the current batch is written (the fetch and the
         # sink's commit each wait on another server; one after the other they halved delivery).
         self._fetch_error = None  # a failure of an earlier run was raised by that run
+        self._transforming = 0
         fetcher = asyncio.create_task(self._fetch_loop(), name=f"fetch-{self.consumer.name}")
         try:
             while not self._stopping.is_set():
@@ -120,6 +136,8 @@ class PipelineWorker:
             # Stopping: let the current fetch end. A crash: no need to wait.
             await _finish(fetcher, self.settings.batch_max_wait + 2.0 if self.stopping else 0.0)
             await self.consumer.close()  # hands back what was not settled
+            if self.transform is not None:
+                await self.transform.close()
             metrics.IN_FLIGHT.labels(self.pipeline).set(0)
             log.info("Worker stopped.", extra={"pipeline": self.pipeline, "shard": self.shard})
 
@@ -182,29 +200,76 @@ class PipelineWorker:
         self.held = [h for h in self.held if not h.delivery.stale]
 
     async def _fetch_loop(self) -> None:
-        """Keep up to max_held events fetched, until stopped; a failure goes to step()."""
+        """Keep up to max_held events fetched, until stopped; a failure goes to step().
+
+        With steps, the next batch is fetched while the transform process works on the
+        previous one (one batch at a time, so the order is kept)."""
+        transforming: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
-                await self._fetch()
+                deliveries = await self._fetch()
+                if transforming is not None:
+                    await transforming
+                    transforming = None
+                if self.transform is None or not deliveries:
+                    await self._hold(deliveries)
+                    continue
+                self._transforming = len(deliveries)
+                transforming = asyncio.create_task(self._transformed(deliveries))
+            if transforming is not None:
+                await transforming
         except Exception as exc:
             self._fetch_error = exc
             self._arrived.set()
+        finally:
+            if transforming is not None and not transforming.done():
+                transforming.cancel()  # the worker crashed or gave up waiting: NATS redelivers
 
-    async def _fetch(self) -> None:
-        room = min(self.settings.batch_max_events, self.settings.max_held - len(self.held))
+    async def _fetch(self) -> list[Delivery]:
+        held = len(self.held) + self._transforming
+        room = min(self.settings.batch_max_events, self.settings.max_held - held)
         if room <= 0:  # the sink is behind or failing: this is the back-pressure
             await asyncio.sleep(0.1)
-            return
-        deliveries = await self.consumer.fetch(room, timeout=self.settings.batch_max_wait)
+            return []
+        return await self.consumer.fetch(room, timeout=self.settings.batch_max_wait)
+
+    async def _hold(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
             try:
                 event = decode_event(delivery.data)
             except InvalidEvent as exc:
-                await self._dead_letter(_Held(delivery, {}, ""), f"invalid event data: {exc}")
+                await self._dead_letter(_Held(delivery, [], ""), f"invalid event data: {exc}")
                 continue
-            self.held.append(_Held(delivery, event, user_key(event)))
+            self.held.append(_Held(delivery, [event], user_key(event)))
         if deliveries:
             self._arrived.set()
+
+    async def _transformed(self, deliveries: list[Delivery]) -> None:
+        """Hold what the steps made of each delivery; ack the dropped, dead-letter the failed."""
+        assert self.transform is not None
+        items = [(d.data, d.stored_at.timestamp()) for d in deliveries]
+        results = await self.transform.run(items)
+        for delivery, result in zip(deliveries, results, strict=True):
+            if isinstance(result, str):
+                metrics.FAILED.labels(self.pipeline).inc()
+                await self._dead_letter(_Held(delivery, [], ""), result)
+                continue
+            user, outputs = result
+            if not outputs:
+                await delivery.ack()
+                metrics.FILTERED.labels(self.pipeline).inc()
+                continue
+            try:
+                events = [decode_event(data) for data in outputs]
+            except InvalidEvent as exc:
+                metrics.FAILED.labels(self.pipeline).inc()
+                await self._dead_letter(
+                    _Held(delivery, [], user), f"the steps made an invalid event: {exc}"
+                )
+                continue
+            self.held.append(_Held(delivery, events, user))
+        self._transforming = 0
+        self._arrived.set()
 
     def _wait_for_next_due(self) -> float:
         """How long the writer may wait for new events: until the next retry is due, at most
@@ -233,14 +298,18 @@ class PipelineWorker:
         return batch
 
     async def _write(self, batch: list[_Held]) -> list[Outcome]:
+        """One outcome per held message (see _combined for one the steps fanned out)."""
+        events = [event for held in batch for event in held.events]
         try:
-            outcomes = await self.sink.write([h.event for h in batch])
+            outcomes = await self.sink.write(events)
         except Exception as exc:  # a sink that raises means "retry them all"
             reason = str(exc) or type(exc).__name__
             return [Retry(reason)] * len(batch)
-        if len(outcomes) != len(batch):
+        if len(outcomes) != len(events):
             return [Retry("the sink answered for a different number of events")] * len(batch)
-        return outcomes
+        if len(events) == len(batch):
+            return outcomes
+        return _combined(batch, outcomes)
 
     async def _settle(self, batch: list[_Held], outcomes: list[Outcome]) -> None:
         done: set[int] = set()
@@ -248,7 +317,7 @@ class PipelineWorker:
         for held, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Delivered):
                 await held.delivery.ack()
-                delivered.append(held.event)
+                delivered.extend(held.events)
                 done.add(id(held))
             elif isinstance(outcome, Rejected):
                 metrics.FAILED.labels(self.pipeline).inc()
@@ -321,6 +390,27 @@ class PipelineWorker:
         elif retry is None and self._failing_reason and outcomes:
             self._failing_reason = ""
             log.info("Deliveries recovered.", extra={"pipeline": self.pipeline})
+
+
+def _combined(batch: list[_Held], outcomes: list[Outcome]) -> list[Outcome]:
+    """One outcome per message from one per event, where the steps fanned some messages out:
+    Delivered when the sink took every one of its events; Rejected if it refused one (the
+    message goes to the dead letters whole); else Retry, keeping only the events not taken."""
+    combined: list[Outcome] = []
+    start = 0
+    for held in batch:
+        mine = outcomes[start : start + len(held.events)]
+        start += len(held.events)
+        rejected = next((o for o in mine if isinstance(o, Rejected)), None)
+        retry = next((o for o in mine if isinstance(o, Retry)), None)
+        if rejected is not None or retry is None:
+            combined.append(rejected or mine[0])
+            continue
+        held.events = [
+            e for e, o in zip(held.events, mine, strict=True) if not isinstance(o, Delivered)
+        ]
+        combined.append(retry)
+    return combined
 
 
 def _recovered(batch: list[_Held], outcomes: list[Outcome]) -> bool:

@@ -4,7 +4,10 @@ Every change goes this way, whoever makes it: `krenalis workspace apply` and `ro
 `serve` applying its local file at start or when the file changes. The steps:
 
 1. The file is checked, with file:line errors; variables this process lacks are noted, not
-   refused (the processes that use them expand them).
+   refused (the processes that use them expand them). The pipelines' transform steps are
+   loaded in a throwaway process (:mod:`krenalis.transforms.check`): a function that does not
+   import or is not callable, or a GeoIP database that does not open, is refused at its line.
+   File paths start at the workspace file's directory (``code_dir``).
 2. What changes is computed against the current revision (:mod:`krenalis.workspace.diff`).
 3. Pipelines removed (a rename is a removal and an addition) and shards dropped are *retired*,
    never deleted here. If they still hold events (pending or in flight), the change is refused
@@ -24,12 +27,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from krenalis.config import Settings
 from krenalis.stream.layout import STREAM, consumer_name, ensure_pipelines
+from krenalis.transforms.check import check_steps
 from krenalis.workspace.diff import Change, diff_texts
 from krenalis.workspace.load import parse_workspace
 from krenalis.workspace.model import Workspace
@@ -74,10 +79,15 @@ async def plan_change(
     *,
     choice: Choice = Choice.REFUSE,
     environ: Mapping[str, str] | None = None,
+    code_dir: Path | None = None,
 ) -> Plan:
-    """Check `text` and work out what storing it would change (WorkspaceError if invalid)."""
+    """Check `text` and work out what storing it would change (WorkspaceError if invalid).
+
+    `code_dir` is where the steps' file paths start: by default the directory of `origin`
+    when it names a file, else the working directory."""
     unset: set[str] = set()
     workspace = parse_workspace(text, origin, environ=_env(environ), unset=unset)
+    await check_steps(workspace, code_dir or _directory_of(origin), origin)
     current = await store.current()
     plan = Plan(
         current=current,
@@ -89,6 +99,11 @@ async def plan_change(
     if current is not None and not plan.unchanged:
         await _retire(js, plan, current, choice)
     return plan
+
+
+def _directory_of(origin: str) -> Path:
+    path = Path(origin)
+    return path.parent if path.is_file() else Path.cwd()
 
 
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -29,6 +29,7 @@ from krenalis.errors import FilterError, WorkspaceError
 from krenalis.pipelines.filters import parse_consents, parse_filter
 from krenalis.sinks.base import SinkOptions
 from krenalis.sinks.registry import SINKS
+from krenalis.transforms.spec import STEPS, Step
 from krenalis.workspace._messages import Entry, explain
 from krenalis.workspace._yaml import LineDict, LineList, YamlError, load_yaml
 from krenalis.workspace.model import (
@@ -152,6 +153,7 @@ class _Pipeline(msgspec.Struct, forbid_unknown_fields=True):
     consents: Any = None
     batch: _Batch | None = None
     retry_window: Duration | None = None
+    transform: Any = None  # each step is checked on its own (see steps()), with its line
 
 
 def parse_workspace(
@@ -318,7 +320,37 @@ class _Loader:
             batch_max_events=batch.max_events,
             batch_max_wait=None if batch.max_wait is None else float(batch.max_wait),
             retry_window=retry_window,
+            transform=self.steps(body, what),
         )
+
+    def steps(self, body: LineDict, what: str) -> tuple[Step, ...]:
+        """A pipeline's ``transform:`` list: each item checked against the declaration its
+        kind names (see :mod:`krenalis.transforms.spec`)."""
+        items = body.get("transform")
+        if items is None:
+            return ()
+        line = body.line_of("transform")
+        if not isinstance(items, LineList):
+            self.fail(line, f"{what}: transform must be a list of steps, got {_kind_of(items)}")
+        lines = items.item_lines
+        return tuple(self.step(item, i, lines[i], what) for i, item in enumerate(items))
+
+    def step(self, item: Any, index: int, line: int, what: str) -> Step:
+        where = f"{what}: transform[{index}]"
+        known = f"known steps: {', '.join(sorted(STEPS))}"
+        if isinstance(item, str) and item in STEPS:
+            item = _step_body({item: None}, line)  # a bare name: the step takes no value
+        if not isinstance(item, LineDict):
+            shown = f'"{item}"' if isinstance(item, str) else _kind_of(item)
+            self.fail(line, f"{where}: unknown step {shown} ({known})")
+        kinds = [key for key in item if key in STEPS]
+        if not kinds and len(item) == 1:
+            self.fail(line, f'{where}: unknown step "{next(iter(item))}" ({known})')
+        if len(kinds) != 1:
+            found = " and ".join(kinds) if kinds else "no step name"
+            self.fail(line, f"{where} has {found}: each list item is one step ({known})")
+        spec = self.convert(STEPS[kinds[0]], item, f"{where} ({kinds[0]})", line)
+        return Step(index, spec, line)
 
     def rule(self, parse: Callable[[Any, str], Any], body: LineDict, key: str, what: str) -> Any:
         """A pipeline's filter or consent rule, None when absent; its errors get their line."""
@@ -335,6 +367,18 @@ def _empty(line: int) -> LineDict:
     empty = LineDict()
     empty.line, empty.key_lines = line, {}
     return empty
+
+
+def _step_body(body: dict[str, Any], line: int) -> LineDict:
+    step = LineDict(body)
+    step.line, step.key_lines = line, dict.fromkeys(body, line)
+    return step
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    return "a list" if isinstance(value, list) else repr(value)
 
 
 def _section(doc: LineDict, name: str) -> LineDict:

@@ -3,8 +3,8 @@
 A *source* is something that sends events (a website, an app), known by its write key. A
 *destination* is somewhere events go besides the warehouse (a webhook, files): its options are
 declared by its sink (see :mod:`krenalis.sinks.registry`). A *pipeline* takes the events of one
-source, keeps those that pass its filter and consent rule, and delivers them to the warehouse or
-to one destination. :mod:`krenalis.workspace.load` reads the file; no ``repr`` here shows a
+source, keeps those that pass its filter and consent rule, changes them with its ``transform:``
+steps if it has any, and delivers them to the warehouse or to one destination. :mod:`krenalis.workspace.load` reads the file; no ``repr`` here shows a
 secret.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import field as dataclass_field
 
 from krenalis.pipelines.filters import ConsentRule, Filter
 from krenalis.sinks.base import SinkOptions
+from krenalis.transforms.spec import Step
 
 __all__ = [
     "DEFAULT_RETRY_WINDOW",
@@ -99,6 +100,7 @@ class Pipeline:
     ``to`` is :data:`WAREHOUSE` or a destination id. ``batch_max_events`` and
     ``batch_max_wait`` (seconds) are None when the file leaves them to the sink's defaults.
     ``retry_window`` (seconds) is resolved: the pipeline's, else its destination's, else 4h.
+    ``transform`` holds the steps its worker runs on each event before the sink, in order.
     """
 
     id: str
@@ -111,6 +113,7 @@ class Pipeline:
     batch_max_events: int | None = None
     batch_max_wait: float | None = None
     retry_window: float = DEFAULT_RETRY_WINDOW
+    transform: tuple[Step, ...] = ()
 
     @property
     def to_warehouse(self) -> bool:

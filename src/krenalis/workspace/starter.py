@@ -72,6 +72,13 @@ _STARTER = """\
 sources:
   website:
     write_key: "{write_key}"
+#     allowed_origins: ["https://shop.example.com", "https://*.example.com"]  # only their pages
+
+# Websites: `krenalis snippet` prints the HTML to paste into every page: Segment's standard
+# analytics.js snippet, which loads analytics.js and its settings from this collector and sends
+# the page's events here (`--host https://events.example.com` names the collector's public URL).
+# A site that bundles @segment/analytics-next from npm instead loads it with
+#   AnalyticsBrowser.load({writeKey: "<write key>", cdnURL: "http://127.0.0.1:2022"})
 
 # destinations:
 #   crm:
