@@ -12,12 +12,11 @@ from .decode import (
     ParsedRequest,
     Rejection,
     build_events,
-    decode_event,
     decode_request,
-    encode_event,
     parse_request,
 )
 from .users import MAX_ID_LENGTH, user_key
+from .wire import decode_event, encode_event
 
 __all__ = [
     "EVENT_TYPES",

@@ -30,13 +30,13 @@ from datetime import datetime
 
 import msgspec
 
-from krenalis.errors import EventError, InvalidEvent, RequestError
+from krenalis.errors import EventError, RequestError
 
-from .context import decode_context
+from .envelope import BATCH_NOT_ARRAY, Envelope
 from .event import EVENT_TYPES, MAX_DEPTH, RequestState, build_event
 from .ip import client_address
-from .jsontext import cut_deep_nesting, replace_lone_surrogates
-from .timestamps import parse_timestamp, to_utc
+from .jsontext import JSON_ERRORS, cut_deep_nesting, json_error_detail, replace_lone_surrogates
+from .timestamps import to_utc
 
 __all__ = [
     "EVENT_TYPES",
@@ -48,9 +48,7 @@ __all__ = [
     "ParsedRequest",
     "Rejection",
     "build_events",
-    "decode_event",
     "decode_request",
-    "encode_event",
     "parse_request",
 ]
 
@@ -60,15 +58,12 @@ MAX_BATCH_EVENTS = 20_000
 
 _BATCH_TYPE_MISSING = "property 'type' is required for a batch request"
 _SINGLE_TYPE_MISSING = "property 'type' is required for a single-event request"
-_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 _WHITESPACE = b" \t\r\n"
-_JSON_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 # Nesting is cut at this level on the slow path: above MAX_DEPTH plus the envelope's two
 # levels (so a cut value is still too deep for its event), far below the decoder's limit.
 _CUT_LEVEL = 100
 _NUL_ESCAPE = b"\\u0000"  # the only way a JSON string holds a NUL character
 _NOT_DECODED = object()
-_BATCH_NOT_ARRAY = "property 'batch' is not a valid array"
 _KINDS = {
     dict: "object",
     list: "array",
@@ -80,7 +75,6 @@ _KINDS = {
 }
 
 _decode_json = msgspec.json.Decoder().decode
-_encode_json = msgspec.json.Encoder().encode
 
 
 class _BatchSpans(msgspec.Struct):
@@ -114,21 +108,8 @@ class DecodedRequest:
     connection_id: str | None = None  # the body's "connectionId" (API-key auth)
 
 
-def _json_detail(exc: Exception) -> str:
-    if isinstance(exc, RecursionError):
-        return "it is nested too deeply"
-    if isinstance(exc, UnicodeDecodeError):
-        return "it is not valid UTF-8"
-    message = str(exc)
-    if message == "Input data was truncated":
-        return "it is not terminated"
-    # "Number out of range - at `$[...]`": the path of an untyped value names no key.
-    message = message.removeprefix("JSON is malformed: ").partition(" - at `")[0]
-    return message[:1].lower() + message[1:]
-
-
 def _not_json(exc: Exception) -> RequestError:
-    return RequestError(f"error parsing the request body as JSON: {_json_detail(exc)}")
+    return RequestError(f"error parsing the request body as JSON: {json_error_detail(exc)}")
 
 
 class _Undecodable:
@@ -137,10 +118,10 @@ class _Undecodable:
     __slots__ = ("reason",)
 
     def __init__(self, exc: Exception) -> None:
-        self.reason = f"event cannot be decoded: {_json_detail(exc)}"
+        self.reason = f"event cannot be decoded: {json_error_detail(exc)}"
 
 
-_Split = tuple[list, "list[int] | None", "_Envelope", str]
+_Split = tuple[list, "list[int] | None", "Envelope", str]
 
 
 def _split(parsed: object, body: bytes, event_type: str | None) -> _Split:
@@ -148,15 +129,15 @@ def _split(parsed: object, body: bytes, event_type: str | None) -> _Split:
     if event_type is not None:
         # A typed endpoint's body is one event; a non-object is rejected as that event (with a
         # reason in "rejected"), not as a malformed request.
-        envelope = _Envelope(parsed if type(parsed) is dict else {}, auth_only=True)
+        envelope = Envelope(parsed if type(parsed) is dict else {}, auth_only=True)
         return [parsed], _single_size(body), envelope, _SINGLE_TYPE_MISSING
     if type(parsed) is list:
         _check_count(len(parsed))
         sizes = _batch_sizes(body, parsed, _decode_spans)
-        return parsed, sizes, _Envelope({}, auth_only=True), _BATCH_TYPE_MISSING
+        return parsed, sizes, Envelope({}, auth_only=True), _BATCH_TYPE_MISSING
     if type(parsed) is not dict:
         raise RequestError("request's content is not a valid JSON object or array")
-    envelope = _Envelope(parsed, auth_only=False)
+    envelope = Envelope(parsed, auth_only=False)
     if envelope.batch is None:
         return [parsed], _single_size(body), envelope, _SINGLE_TYPE_MISSING
     _check_count(len(envelope.batch))
@@ -174,9 +155,9 @@ def _split_slowly(body: bytes, event_type: str | None) -> _Split:
         parsed = _decode_json(body)
     except RecursionError:
         body = cut_deep_nesting(body, _CUT_LEVEL)
-        with contextlib.suppress(*_JSON_ERRORS):
+        with contextlib.suppress(*JSON_ERRORS):
             parsed = _decode_json(body)
-    except _JSON_ERRORS:
+    except JSON_ERRORS:
         pass
     if parsed is _NOT_DECODED:
         return _split_one_by_one(body, event_type)
@@ -189,20 +170,20 @@ def _split_one_by_one(body: bytes, event_type: str | None) -> _Split:
     if event_type is None and type(top) is list:
         _check_count(len(top))
         sizes = [len(raw) for raw in top]
-        return _decode_each(top), sizes, _Envelope({}, auth_only=True), _BATCH_TYPE_MISSING
+        return _decode_each(top), sizes, Envelope({}, auth_only=True), _BATCH_TYPE_MISSING
     if event_type is None and type(top) is dict and "batch" in top:
         fields = _decode_fields(top, _ENVELOPE_FIELDS)
         try:
             batch = _decode_spans(top["batch"])
-        except _JSON_ERRORS:
-            raise RequestError(_BATCH_NOT_ARRAY) from None
+        except JSON_ERRORS:
+            raise RequestError(BATCH_NOT_ARRAY) from None
         fields["batch"] = _decode_each(batch)
-        envelope = _Envelope(fields, auth_only=False)
+        envelope = Envelope(fields, auth_only=False)
         _check_count(len(batch))
         return envelope.batch, [len(raw) for raw in batch], envelope, _BATCH_TYPE_MISSING
     # The body is one event, and it cannot be decoded: rejected, once its sender is known.
     fields = _decode_fields(top, _AUTH_FIELDS) if type(top) is dict else {}
-    return [_decode_item(body)], None, _Envelope(fields, auth_only=True), _SINGLE_TYPE_MISSING
+    return [_decode_item(body)], None, Envelope(fields, auth_only=True), _SINGLE_TYPE_MISSING
 
 
 def _top_values(body: bytes) -> tuple[dict | list, bytes]:
@@ -216,7 +197,7 @@ def _top_values(body: bytes) -> tuple[dict | list, bytes]:
             return _decode_top(body), body
     except msgspec.ValidationError:  # JSON, but neither an object nor an array
         raise RequestError("request's content is not a valid JSON object or array") from None
-    except _JSON_ERRORS as exc:
+    except JSON_ERRORS as exc:
         raise _not_json(exc) from None
 
 
@@ -227,9 +208,9 @@ def _decode_fields(values: dict[str, msgspec.Raw], names: tuple[str, ...]) -> di
         if name in values:
             try:
                 fields[name] = _decode_json(values[name])
-            except _JSON_ERRORS as exc:
+            except JSON_ERRORS as exc:
                 raise RequestError(
-                    f"property '{name}' cannot be decoded: {_json_detail(exc)}"
+                    f"property '{name}' cannot be decoded: {json_error_detail(exc)}"
                 ) from None
     return fields
 
@@ -241,7 +222,7 @@ def _decode_each(values: list[msgspec.Raw]) -> list:
 def _decode_item(value: msgspec.Raw | bytes) -> object:
     try:
         return _decode_json(value)
-    except _JSON_ERRORS as exc:
+    except JSON_ERRORS as exc:
         return _Undecodable(exc)
 
 
@@ -262,66 +243,6 @@ def _batch_sizes(body: bytes, items: list, decode_spans: Callable) -> list[int] 
     return sizes if len(sizes) == len(items) else None
 
 
-class _Envelope:
-    """The request-level properties of an object body (batch envelope or single event)."""
-
-    __slots__ = ("batch", "context", "sent_at", "write_key", "connection_id")
-
-    def __init__(self, body: dict, *, auth_only: bool) -> None:
-        self.batch = None
-        self.context = None
-        self.sent_at = None
-        self.write_key = _write_key(body)
-        self.connection_id = _connection_id(body)
-        if auth_only:  # a typed endpoint's body is the event: only the keys that authenticate it
-            return
-        if "batch" in body:
-            self.batch = body["batch"]
-            if type(self.batch) is not list:
-                raise RequestError(_BATCH_NOT_ARRAY)
-        context = body.get("context")
-        if "context" in body and type(context) is not dict:
-            raise RequestError("property 'context' is not a valid object")
-        if self.batch is not None and context is not None:
-            try:
-                self.context = decode_context(context)
-            except EventError as exc:
-                raise RequestError(str(exc)) from None
-        if "sentAt" in body:
-            self.sent_at = _sent_at(body["sentAt"])
-
-
-def _write_key(body: dict) -> str | None:
-    if "writeKey" not in body:
-        return None
-    key = body["writeKey"]
-    if type(key) is not str:
-        raise RequestError("property 'writeKey' is not a valid string")
-    if not key:
-        raise RequestError("property 'writeKey' cannot be empty")
-    return key
-
-
-def _connection_id(body: dict) -> str | None:
-    if "connectionId" not in body:
-        return None
-    value = body["connectionId"]
-    if type(value) is not str:
-        raise RequestError("property 'connectionId' is not a string")
-    if len(value) != 12 or not _BASE58.issuperset(value):
-        raise RequestError("property 'connectionId' is not a valid connection identifier")
-    return value
-
-
-def _sent_at(value: object) -> datetime:
-    if type(value) is not str:
-        raise RequestError("property 'sentAt' is not a valid string")
-    try:
-        return parse_timestamp(value, "sentAt")
-    except ValueError as exc:
-        raise RequestError(str(exc)) from None
-
-
 def _check_count(count: int) -> None:
     if count == 0:
         raise RequestError("batch must contain at least one event")
@@ -337,7 +258,7 @@ class ParsedRequest:
     event_type: str | None
     items: list
     sizes: list[int] | None  # byte size of each item; None when none can be too large
-    envelope: _Envelope
+    envelope: Envelope
     missing_type_error: str
     may_hold_nul: bool = True  # False when the body has no "\u0000": no event holds a NUL
 
@@ -363,7 +284,7 @@ def parse_request(body: bytes, *, event_type: str | None) -> ParsedRequest:
         raise RequestError("Request Entity Too Large", status=413, code="PayloadTooLarge")
     try:
         parsed = _decode_json(body)
-    except _JSON_ERRORS:
+    except JSON_ERRORS:
         split = _split_slowly(body, event_type)
     else:
         split = _split(parsed, body, event_type)
@@ -458,71 +379,3 @@ def _not_an_object(item: object) -> str:
         return item.reason
     kind = _KINDS.get(type(item), "value")
     return f"expected an object for the event, but found {kind} instead"
-
-
-def encode_event(event: dict) -> bytes:
-    """Serialise an event (wire form) to compact JSON bytes for the stream."""
-    return _encode_json(event)
-
-
-# Consumer-side checks: the wire form written by decode_request.
-_SCHEMA_KEYS = frozenset(
-    (
-        "connectionId",
-        "anonymousId",
-        "channel",
-        "category",
-        "context",
-        "event",
-        "groupId",
-        "messageId",
-        "name",
-        "properties",
-        "receivedAt",
-        "sentAt",
-        "originalTimestamp",
-        "timestamp",
-        "traits",
-        "type",
-        "previousId",
-        "userId",
-    )
-)
-_REQUIRED_STRINGS = (
-    "connectionId",
-    "anonymousId",
-    "messageId",
-    "receivedAt",
-    "sentAt",
-    "originalTimestamp",
-    "timestamp",
-    "type",
-)
-_OPTIONAL_STRINGS = ("channel", "category", "event", "groupId", "name", "previousId", "userId")
-
-
-def decode_event(data: bytes) -> dict:
-    """Parse an event read from the stream; raise InvalidEvent if it is not a valid event."""
-    try:
-        event = _decode_json(data)
-    except _JSON_ERRORS as exc:
-        raise InvalidEvent(f"event is not valid JSON: {_json_detail(exc)}") from None
-    if type(event) is not dict:
-        raise InvalidEvent("event is not a JSON object")
-    unknown = event.keys() - _SCHEMA_KEYS
-    if unknown:
-        raise InvalidEvent(f"event has the unknown property '{min(unknown)}'")
-    for name in _REQUIRED_STRINGS:
-        if type(event.get(name)) is not str:
-            raise InvalidEvent(f"event property '{name}' is missing or not a string")
-    for name in _OPTIONAL_STRINGS:
-        if name in event and type(event[name]) is not str:
-            raise InvalidEvent(f"event property '{name}' is not a string")
-    if event["type"] not in EVENT_TYPES:
-        raise InvalidEvent(f"event type '{event['type']}' is not valid")
-    if type(event.get("traits")) is not dict:
-        raise InvalidEvent("event property 'traits' is missing or not an object")
-    for name in ("properties", "context"):
-        if name in event and type(event[name]) is not dict:
-            raise InvalidEvent(f"event property '{name}' is not an object")
-    return event

@@ -18,7 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-__all__ = ["cut_deep_nesting", "replace_lone_surrogates"]
+import msgspec
+
+__all__ = ["JSON_ERRORS", "cut_deep_nesting", "json_error_detail", "replace_lone_surrogates"]
+
+#: What decoding a JSON text may raise: malformed or out-of-range, not UTF-8, too deep.
+JSON_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 # A surrogate escape, whole pair or half. The leading run of escaped backslashes keeps the match
 # aligned on escapes: in "\\ud83d" (an escaped backslash, then text) nothing is a surrogate.
@@ -93,3 +98,17 @@ def _deep_spans(structure: bytes, level: int) -> Iterator[tuple[int, int]]:
             depth -= 1
     if start >= 0:  # never closed: the body is cut short, and the decoder will say so
         yield start, len(structure)
+
+
+def json_error_detail(exc: Exception) -> str:
+    """Why the decoder refused a JSON text, in the words of a rejection reason."""
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not valid UTF-8"
+    message = str(exc)
+    if message == "Input data was truncated":
+        return "it is not terminated"
+    # "Number out of range - at `$[...]`": the path of an untyped value names no key.
+    message = message.removeprefix("JSON is malformed: ").partition(" - at `")[0]
+    return message[:1].lower() + message[1:]
