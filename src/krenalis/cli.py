@@ -35,7 +35,17 @@ from krenalis.errors import (
     WorkspaceError,
 )
 from krenalis.logs import setup_logging
-from krenalis.ops import check, dlq_cmd, nats_cmd, send, snippet, status, workspace_cmd
+from krenalis.ops import (
+    check,
+    dlq_cmd,
+    nats_cmd,
+    replay_cmd,
+    send,
+    snippet,
+    status,
+    tail_cmd,
+    workspace_cmd,
+)
 from krenalis.ops._common import quiet_logs
 from krenalis.ops.arguments import add_operator_commands
 from krenalis.ops.transform_cmd import transform_test
@@ -122,6 +132,8 @@ COMMANDS: dict[str, Command] = {
     "dlq show": Command(dlq_cmd.dlq_show),
     "dlq replay": Command(dlq_cmd.dlq_replay),
     "dlq purge": Command(dlq_cmd.dlq_purge),
+    "replay": Command(replay_cmd.replay),
+    "tail": Command(tail_cmd.tail),
     "send": Command(send.send),
     "snippet": Command(snippet.snippet),
     "transform test": Command(transform_test),

@@ -17,7 +17,8 @@ KrenalisError
  ├── StreamError              NATS and JetStream
  │    ├── NatsAuthError       the server refused the credentials
  │    ├── ServerTooOldError   the server is older than MIN_SERVER_VERSION
- │    └── PublishError        copies not stored within the publish deadline
+ │    ├── PublishError        copies not stored within the publish deadline
+ │    └── ReplayTaken         another process took over a replay (its checkpoint moved)
  ├── SinkError                a warehouse, webhook or file sink
  │    └── InvalidRow          an event that cannot become a warehouse row
  ├── EmbeddedServerError      a bundled server (nats-server, PostgreSQL) cannot run
@@ -44,6 +45,7 @@ __all__ = [
     "NatsServerNotFound",
     "PublishError",
     "RequestError",
+    "ReplayTaken",
     "RevisionConflict",
     "ServerConfigError",
     "ServerTooOldError",
@@ -154,6 +156,11 @@ class ServerTooOldError(StreamError):
 
 class PublishError(StreamError):
     """Some copies could not be stored within the publish deadline; nothing is promised."""
+
+
+class ReplayTaken(StreamError):
+    """Another process wrote a replay's record since this one read it (compare-and-set
+    failed): that process goes on with the replay, this one stops."""
 
 
 class SinkError(KrenalisError):

@@ -17,6 +17,7 @@ import httpx
 from krenalis.collector.app import Collector
 from krenalis.collector.server import HTTPServer
 from krenalis.runtime.nats_server import EmbeddedNats
+from krenalis.stream.archive import stream_counts
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import STREAM, consumer_name, subject
 from krenalis.stream.pruning import Pruner
@@ -160,8 +161,13 @@ class CollectorHarness:
         self._subs.clear()
 
     async def stream_messages(self) -> int:
-        """Messages currently in EVENTS (stored and not yet acked)."""
-        return (await self.conn.js.stream_info(STREAM)).state.messages
+        """Pipeline copies currently in EVENTS (stored and not yet acked; the archive's copies
+        are not counted: see archive_messages)."""
+        return (await stream_counts(self.conn.js))[0]
+
+    async def archive_messages(self) -> int:
+        """Archive copies in EVENTS."""
+        return (await stream_counts(self.conn.js))[1]
 
     async def wait_usable(self, usable: bool, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -24,12 +24,14 @@ import psycopg
 from nats.js import JetStreamContext
 
 from krenalis.runtime.processes import free_port
-from krenalis.stream.layout import STREAM
+from krenalis.stream.archive import stream_counts
+from krenalis.stream.layout import ARCHIVE_PREFIX, STREAM
 
 __all__ = [
     "KrenalisProcess",
     "WRITE_KEY",
     "OTHER_KEY",
+    "archive_counts",
     "collector_answer",
     "consumer_names",
     "file_events",
@@ -351,17 +353,29 @@ class jetstream:  # noqa: N801 - used as `async with jetstream(url) as js`
 
 
 async def stream_messages(js: JetStreamContext, stream: str = STREAM) -> int:
+    """Messages in `stream`; for EVENTS, the pipelines' copies (not the archive's)."""
+    if stream == STREAM:
+        return (await stream_counts(js))[0]
     return (await js.stream_info(stream)).state.messages
 
 
 async def stream_empty(js: JetStreamContext, stream: str = STREAM) -> bool:
+    """Whether `stream` holds nothing; for EVENTS, no pipeline copy (archive copies stay)."""
     return await stream_messages(js, stream) == 0
 
 
 async def subject_counts(js: JetStreamContext) -> dict[str, int]:
-    """Messages per subject of EVENTS."""
+    """Messages per pipeline subject of EVENTS (the archive's subjects left out)."""
     info = await js.stream_info(STREAM, subjects_filter=">")
-    return dict(info.state.subjects or {})
+    subjects = info.state.subjects or {}
+    return {s: n for s, n in subjects.items() if not s.startswith(ARCHIVE_PREFIX + ".")}
+
+
+async def archive_counts(js: JetStreamContext) -> dict[str, int]:
+    """Archive copies per source in EVENTS."""
+    info = await js.stream_info(STREAM, subjects_filter=f"{ARCHIVE_PREFIX}.*")
+    prefix = ARCHIVE_PREFIX + "."
+    return {s.removeprefix(prefix): n for s, n in (info.state.subjects or {}).items()}
 
 
 async def consumer_names(js: JetStreamContext) -> set[str]:

@@ -204,10 +204,12 @@ async def test_slow_deliveries_with_a_short_ack_wait_are_not_redelivered(deploym
         WebhookReceiver(Response(200, delay=3.0)) as rx,
         jetstream(deployment.nats_url) as js,
     ):
+        # No archive: the pipeline's copies then have the stream sequences 1 to 5.
         deployment.write_workspace(f"""\
 sources:
   web:
     write_key: "{WRITE_KEY}"
+    archive: 0
 destinations:
   slow:
     type: webhook

@@ -18,8 +18,9 @@ from typing import Any
 import nats
 import psycopg
 
+from krenalis.stream.archive import stream_counts as pipeline_and_archive
 from krenalis.stream.deadletters import list_dead_letters
-from krenalis.stream.layout import DLQ_STREAM, STREAM
+from krenalis.stream.layout import DLQ_STREAM
 from sinks.webhook_receiver import ReceivedRequest, Response, WebhookReceiver
 
 __all__ = [
@@ -123,14 +124,15 @@ Receiver = WebhookReceiver
 
 
 async def stream_counts(nats_url: str, **options: Any) -> tuple[int, int]:
-    """(messages in EVENTS, messages in EVENTS_DLQ); `nats_url` may list several servers;
-    `options` go to nats.connect (the embedded server's key: nkeys_seed=<its file>)."""
+    """(pipeline copies in EVENTS, messages in EVENTS_DLQ); `nats_url` may list several
+    servers; `options` go to nats.connect (the embedded server's key: nkeys_seed=<its file>).
+    The archive's copies stay in EVENTS: they are not counted."""
     nc = await nats.connect(nats_url.split(","), max_reconnect_attempts=3, **options)
     try:
         js = nc.jetstream(timeout=10)
-        events = await js.stream_info(STREAM)
+        copies, _ = await pipeline_and_archive(js)
         dead = await js.stream_info(DLQ_STREAM)
-        return events.state.messages, dead.state.messages
+        return copies, dead.state.messages
     finally:
         await nc.close()
 

@@ -17,6 +17,7 @@ from krenalis.config import Settings
 from krenalis.events import EVENT_TYPES
 from krenalis.ops.send import sample_events
 from krenalis.runtime.processes import free_port
+from krenalis.stream.archive import stream_counts
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer, ensure_streams
 from krenalis.workspace.load import parse_workspace
@@ -94,7 +95,7 @@ async def test_send_takes_the_key_of_the_workspace_file(
     code, out, err = await _send(capsys, "--url", url, "--count", "3")
     assert code == 0, err
     assert "source 'web'" in err and "Accepted 18 of 18 events" in out
-    assert (await conn.js.stream_info(STREAM)).state.messages == 18
+    assert await stream_counts(conn.js) == (18, 18)  # pipeline copies, archive copies
 
 
 async def test_send_explains_failures(
@@ -109,7 +110,7 @@ async def test_send_explains_failures(
     assert code == 1 and "cannot reach the collector" in err and "Traceback" not in err
     code, _, err = await _send(capsys, "--url", url)  # no key, and no workspace file
     assert code == 2 and "--write-key" in err
-    assert (await conn.js.stream_info(STREAM)).state.messages == 0
+    assert await stream_counts(conn.js) == (0, 0)
 
 
 def test_sample_events_are_unique_and_cover_every_type() -> None:

@@ -200,7 +200,7 @@ ERRORS = [
     (
         f'sources:\n  website:\n    wirte_key: "{KEY_A}"\n',
         "wirte_key",
-        'unknown key "wirte_key" in source "website" (allowed: write_key, allowed_origins)',
+        'unknown key "wirte_key" in source "website" (allowed: write_key, allowed_origins, archive)',
     ),
     (
         SOURCE + "pipelines:\n  website-crm:\n    source: webshop\n    to: warehouse\n",
@@ -407,6 +407,20 @@ MORE_ERRORS = [
         "p:",
         'pipeline "p": missing key "source"',
     ),
+    (
+        SOURCE + "pipelines:\n  _archive:\n    source: website\n    to: warehouse\n",
+        "_archive",
+        'pipeline id "_archive" must not start with "_": such subjects are the stream\'s own '
+        "(the archive is events.v1._archive.*)",
+    ),
+    (
+        SOURCE
+        + "    archive: 0\n"
+        + "pipelines:\n  p:\n    source: website\n    to: warehouse\n    backfill: 2d\n",
+        "backfill",
+        'pipeline "p": backfill replays the archive of source "website", which keeps none '
+        "(archive: 0); give the source an archive (such as archive: 7d) or remove backfill",
+    ),
 ]
 
 
@@ -481,12 +495,37 @@ DECLARED_ERRORS = [
         "write_key",
         'source "s": write_key must be a non-empty string',
     ),
+    (
+        SOURCE + "    archive: 500ms\n",
+        "archive",
+        'source "website": archive must be a duration of at least 1s such as 7d or 12h, or 0 '
+        "to keep no archive, got '500ms'",
+    ),
+    (
+        PIPELINE + "    backfill: 0\n",
+        "backfill",
+        'pipeline "p": backfill must be a duration above zero such as 500ms, 30s, 1m30s or 4h, '
+        "got 0",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "needle", "reason"), DECLARED_ERRORS)
 def test_declared_errors(text: str, needle: str, reason: str) -> None:
     assert error_of(text) == f"krenalis.yaml:{line_of(text, needle)}: {reason}"
+
+
+def test_archive_retention_and_backfill() -> None:
+    text = (
+        f'sources:\n  a:\n    write_key: "{KEY_A}"\n  b:\n    write_key: "{KEY_B}"\n'
+        "    archive: 12h\n  c:\n    write_key: ccccccccccccccccc\n    archive: 0\n"
+        "pipelines:\n  p:\n    source: b\n    to: warehouse\n    backfill: 1.5h\n"
+    )
+    workspace = parse_workspace(text, "k.yaml")
+    assert [s.archive for s in workspace.sources.values()] == [7 * 86400, 12 * 3600, 0]
+    assert workspace.pipelines["p"].backfill == 5400
+    rounded = parse_workspace(text.replace("12h", "1.2s"), "k.yaml")
+    assert rounded.sources["b"].archive == 2  # Nats-TTL counts whole seconds
 
 
 def test_empty_optional_blocks_mean_none() -> None:
@@ -508,7 +547,7 @@ def test_hard_coded_line_numbers() -> None:
     text = f'sources:\n  website:\n    write_key: "{KEY_A}"\n\n  website:\n    write_key: x\n'
     assert error_of(text) == 'krenalis.yaml:5: duplicate key "website"'
     assert error_of("sources:\n  a:\n    b: 1\n") == (
-        'krenalis.yaml:3: unknown key "b" in source "a" (allowed: write_key, allowed_origins)'
+        'krenalis.yaml:3: unknown key "b" in source "a" (allowed: write_key, allowed_origins, archive)'
     )
 
 

@@ -7,6 +7,7 @@ own event loop).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -205,3 +206,23 @@ async def test_apply_show_history_diff_rollback(
     with pytest.raises(SystemExit) as usage:  # argparse: one of the two at most
         await _cli("workspace", "apply", str(first), "--drain", "--discard")
     assert usage.value.code == 2
+
+
+# ---------------------------------------------------------------- backfill
+
+
+async def test_a_pipeline_added_with_backfill_gets_one_pending_backfill(conn, store) -> None:
+    base = text({"p": 1}) + "    backfill: 1h\n"  # there from the first revision on
+    first = await change(conn, store, base)
+    assert [b.pipeline for b in first.backfills] == ["p"]
+    added = base + "  q:\n    source: web\n    to: hook\n    backfill: 2h\n"
+    stored = await change(conn, store, added)
+    kept, new = stored.backfills
+    assert kept == first.backfills[0]  # still pending: kept, not made again
+    assert new.pipeline == "q" and new.id.startswith("backfill-q-")
+    assert abs(new.since - (time.time() - 7200)) < 60
+    # A pipeline removed takes its pending backfill along; one that stays keeps its own.
+    renamed = base + "  q2:\n    source: web\n    to: hook\n    backfill: 2h\n"
+    after = await change(conn, store, renamed)
+    assert [b.pipeline for b in after.backfills] == ["p", "q2"]
+    assert after.backfills[1].id != new.id

@@ -89,8 +89,6 @@ destinations:
 """
 
 
-
-
 def test_the_registry_names_every_built_in_sink() -> None:
     assert {"webhook": WebhookOptions, "file": FileOptions} == SINKS
     assert all(options.__struct_config__.tag == name for name, options in SINKS.items())

@@ -136,7 +136,12 @@ async def test_close_hands_back_unsettled_messages(nats_server):
 async def test_consumer_killed_before_ack_leads_to_redelivery(nats_server):
     conn = await setup(nats_server.url, "killed", ack_wait=1.0)
     child = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("consumer_child.py")), nats_server.url, "killed"],
+        [
+            sys.executable,
+            str(Path(__file__).with_name("consumer_child.py")),
+            nats_server.url,
+            "killed",
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},

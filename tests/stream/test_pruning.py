@@ -32,9 +32,7 @@ async def connect(url: str, *pipelines: str) -> NatsConnection:
 
 async def publish(conn: NatsConnection, pipelines: tuple[str, ...], count: int) -> None:
     """`count` events, one copy per pipeline, interleaved in the stream."""
-    copies = [
-        copy_for(p, 0, f"{p}-{i}".encode(), f"m{i}") for i in range(count) for p in pipelines
-    ]
+    copies = [copy_for(p, 0, f"{p}-{i}".encode(), f"m{i}") for i in range(count) for p in pipelines]
     await Publisher(conn.nc).publish(copies)
 
 

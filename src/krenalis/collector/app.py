@@ -12,45 +12,47 @@ Plus GET /health and CORS preflight on every path (see :mod:`krenalis.collector.
 /metrics is not here: :class:`MetricsApp` serves it on its own address (KRENALIS_METRICS_ADDR),
 so that the public ingestion port does not show traffic and pipeline names to anyone.
 
-A 200 means every copy of every valid event (one per pipeline that takes it) is stored in the
-EVENTS stream. Invalid events inside a valid request are listed in the answer, not stored.
+A 200 means every copy of every valid event (one per pipeline that takes it, one for its
+source's archive: see :mod:`krenalis.collector.copies`) is stored in the EVENTS stream. Invalid
+events inside a valid request are listed in the answer, not stored. While someone runs
+`krenalis tail`, each request is also told to it (:mod:`krenalis.collector.tail`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from krenalis import metrics
 from krenalis.collector import web
+from krenalis.collector.copies import Copies, make_copies
 from krenalis.collector.cors import PREFLIGHT, CorsPolicy, refused
 from krenalis.collector.http import (
     BODY_DEADLINE,
+    check_content_type,
     error_body,
     forwarded_for,
     header,
+    key_from_authorization,
+    lifespan,
     public_origin,
     read_body,
     send_bytes,
     send_json,
 )
+from krenalis.collector.metrics_app import MetricsApp
+from krenalis.collector.tail import CollectorTail
 from krenalis.errors import PublishError, RequestError
-from krenalis.events import EVENT_TYPES, build_events, encode_event, parse_request
+from krenalis.events import EVENT_TYPES, build_events, parse_request
 from krenalis.pipelines.routing import Router
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.publisher import OutMessage, Publisher, copy_for
+from krenalis.stream.publisher import Publisher
 from krenalis.workspace.model import Source, Workspace
 
 __all__ = ["Collector", "MetricsApp"]
@@ -78,10 +80,8 @@ _SHORT_CACHE = (b"cache-control", b"public, max-age=300")
 #: Settings name the host the request came by, so no shared cache may keep them.
 _PRIVATE_CACHE = (b"cache-control", b"private, max-age=60")
 _encode = msgspec.json.Encoder().encode
-_BAD_AUTH = (
-    'Authorization header is invalid; use "Authorization: Bearer <WRITE_KEY>" or HTTP Basic '
-    "auth with the write key as user name and an empty password"
-)
+#: Where a request's source is noted once known, for a tail told of its refusal.
+_SOURCE_KEY = "krenalis.source"
 
 
 class Collector:
@@ -100,6 +100,9 @@ class Collector:
             atomic=conn.settings.nats_sync_interval == "always",
         )
         self.settings = conn.settings
+        self.tail = CollectorTail()
+        #: False on a WorkQueue EVENTS stream (see krenalis.stream.archive.archive_possible).
+        self.archive = True
         self.set_workspace(workspace, revision)
 
     def set_workspace(self, workspace: Workspace, revision: int = 0) -> None:
@@ -118,7 +121,7 @@ class Collector:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -176,6 +179,9 @@ class Collector:
             headers = headers + exc.headers
             if status == 403:  # an origin its source refuses: no CORS answer for that page
                 cors = None
+            if self.tail.interest.active:
+                source = scope.get(_SOURCE_KEY)
+                await self.tail.refused(source, scope["path"], status, exc.code, exc.message)
         except ConnectionResetError:
             return  # the client went away; nothing to answer
         metrics.REQUESTS.labels(str(status)).inc()
@@ -186,9 +192,10 @@ class Collector:
         await send_json(send, status, body, (cors or []) + headers)
 
     async def _handle(self, scope: dict, receive: Callable, origin: str | None) -> tuple[int, dict]:
-        _check_content_type(header(scope, b"content-type"))
+        check_content_type(header(scope, b"content-type"))
         source = self._source_from_header(scope)
         if source is not None:  # refused before its body is read
+            scope[_SOURCE_KEY] = source.id
             self.cors.check(source, origin)
         body = await read_body(scope, receive, self.body_deadline)
         return await self._store(scope, body, source, origin, _event_type(scope))
@@ -207,6 +214,7 @@ class Collector:
         # Who sent it is settled before the work of validating every event.
         if source is None:
             source = self._source_from_body(request.write_key or _query_key(scope))
+            scope[_SOURCE_KEY] = source.id
             self.cors.check(source, origin)
         decoded = build_events(
             request,
@@ -217,14 +225,17 @@ class Collector:
         )
         if not await self.conn.wait_usable():
             raise _unavailable("the event stream (NATS) is not reachable right now")
-        stored = await self._publish(source, decoded.events)
-        return 200, _answer(source, decoded, stored)
+        copies = await self._publish(source, decoded.events, self.tail.wants(source.id))
+        if copies.routed is not None:
+            await self.tail.request(source.id, scope["path"], copies.routed, decoded.rejected,
+                                    request.items, self.router.pipelines_of(source.id))  # fmt: skip
+        return 200, _answer(source, decoded, copies.pipeline_copies)
 
     def _source_from_header(self, scope: dict) -> Source | None:
         raw = header(scope, b"authorization")
         if raw is None:
             return None
-        key = _key_from_authorization(raw)
+        key = key_from_authorization(raw)
         source = self.workspace.source_by_write_key(key)
         if source is None:
             raise RequestError(
@@ -249,35 +260,22 @@ class Collector:
             )
         return source
 
-    async def _publish(self, source: Source, events: list[dict]) -> int:
+    async def _publish(self, source: Source, events: list[dict], tailing: bool) -> Copies:
         revision = self.revision  # the router below is this revision's: no await in between
         self._in_flight[revision] += 1
         try:
-            return await self._route_and_publish(source, events)
+            copies = make_copies(self.router, source, events, tailing, self.archive)
+            if copies.messages:
+                await self.publisher.publish(copies.messages)
+        except PublishError as exc:
+            log.warning("Events not stored; answering 503.", extra={"error": str(exc)})
+            raise _unavailable(str(exc)) from None
         finally:
             self._in_flight[revision] -= 1
-
-    async def _route_and_publish(self, source: Source, events: list[dict]) -> int:
-        copies: list[OutMessage] = []
-        per_pipeline: dict[str, int] = {}
-        for event in events:
-            targets = self.router.route(source.id, event)
-            if not targets:
-                continue
-            data = encode_event(event)
-            for pipeline, shard in targets:
-                copies.append(copy_for(pipeline, shard, data, event["messageId"]))
-                per_pipeline[pipeline] = per_pipeline.get(pipeline, 0) + 1
-        if copies:
-            try:
-                await self.publisher.publish(copies)
-            except PublishError as exc:
-                log.warning("Events not stored; answering 503.", extra={"error": str(exc)})
-                raise _unavailable(str(exc)) from None
-        for pipeline, count in per_pipeline.items():
+        for pipeline, count in copies.per_pipeline.items():
             metrics.PUBLISHED.labels(pipeline).inc(count)
         self._report_filtered()
-        return len(copies)
+        return copies
 
     def _report_filtered(self) -> None:
         """Move the router's filtered-out counts into the Prometheus counter."""
@@ -364,48 +362,6 @@ def _not_found() -> RequestError:
     return RequestError("not found", status=404, code="NotFound")
 
 
-def _check_content_type(value: str | None) -> None:
-    # Browsers send text/plain to avoid a CORS preflight; both carry JSON.
-    if value is None:
-        return
-    media, _, params = value.partition(";")
-    if media.strip().lower() not in ("application/json", "text/plain", ""):
-        raise RequestError(
-            f"request's content type must be 'application/json' or 'text/plain', not {media.strip()!r}",
-            status=415,
-            code="UnsupportedMediaType",
-        )
-    for param in filter(None, (p.strip() for p in params.split(";"))):
-        name, _, charset = param.partition("=")
-        if name.strip().lower() != "charset":
-            raise RequestError(
-                f"request's content type has an unsupported parameter {name.strip()!r}; "
-                "only charset=utf-8 is accepted",
-                status=415,
-                code="UnsupportedMediaType",
-            )
-        if charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise RequestError(
-                "request's content type charset must be 'utf-8'",
-                status=415,
-                code="UnsupportedMediaType",
-            )
-
-
-def _key_from_authorization(raw: str) -> str:
-    scheme, _, value = raw.strip().partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer" and value:
-        return value
-    if scheme.lower() == "basic" and value:
-        try:
-            decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise RequestError(_BAD_AUTH, status=400, code="BadRequest") from None
-        return decoded.partition(":")[0]
-    raise RequestError(_BAD_AUTH, status=400, code="BadRequest")
-
-
 def _unavailable(message: str) -> RequestError:
     return RequestError(
         message, status=503, code="ServiceUnavailable", headers=[(b"retry-after", b"2")]
@@ -424,51 +380,3 @@ def _answer(source: Source, decoded: Any, stored: int) -> dict[str, Any]:
 async def _empty(send: Callable, status: int, headers: list) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
-
-
-class MetricsApp:
-    """GET /metrics in the Prometheus text format, for the listener on KRENALIS_METRICS_ADDR.
-
-    With ``shared_dir`` (serve's processes write their metrics there), the answer sums every
-    process of the serve; without it, this process's own.
-    """
-
-    def __init__(self, shared_dir: Path | None) -> None:
-        self.shared_dir = shared_dir
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
-            body = error_body("NotFound", "metrics are at GET /metrics")
-            await send_json(send, 404, body)
-            return
-        # Reading the shared files is disk work: off the loop, which serves ingestion too.
-        data = await asyncio.to_thread(_scrape, self.shared_dir)
-        headers = [
-            (b"content-type", CONTENT_TYPE_LATEST.encode()),
-            (b"content-length", str(len(data)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
-
-
-def _scrape(shared_dir: Path | None) -> bytes:
-    if shared_dir is None:
-        return generate_latest()
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(shared_dir))
-    return generate_latest(registry)
-
-
-async def _lifespan(receive: Callable, send: Callable) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -4,10 +4,12 @@ time, the X-Forwarded-For (and -Proto, -Host) to believe, JSON answers."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import ipaddress
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -16,9 +18,12 @@ from krenalis.errors import RequestError
 from krenalis.events import MAX_BODY_BYTES
 
 __all__ = [
+    "check_content_type",
     "error_body",
     "forwarded_for",
     "header",
+    "key_from_authorization",
+    "lifespan",
     "public_origin",
     "read_body",
     "send_bytes",
@@ -276,3 +281,64 @@ async def send_bytes(
 
 def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
+
+
+_BAD_AUTH = (
+    'Authorization header is invalid; use "Authorization: Bearer <WRITE_KEY>" or HTTP Basic '
+    "auth with the write key as user name and an empty password"
+)
+
+
+def check_content_type(value: str | None) -> None:
+    """Refuse (415) a body that does not say it is JSON in UTF-8. Browsers send text/plain
+    to avoid a CORS preflight; both carry JSON."""
+    if value is None:
+        return
+    media, _, params = value.partition(";")
+    if media.strip().lower() not in ("application/json", "text/plain", ""):
+        raise RequestError(
+            f"request's content type must be 'application/json' or 'text/plain', not {media.strip()!r}",
+            status=415,
+            code="UnsupportedMediaType",
+        )
+    for param in filter(None, (p.strip() for p in params.split(";"))):
+        name, _, charset = param.partition("=")
+        if name.strip().lower() != "charset":
+            raise RequestError(
+                f"request's content type has an unsupported parameter {name.strip()!r}; "
+                "only charset=utf-8 is accepted",
+                status=415,
+                code="UnsupportedMediaType",
+            )
+        if charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise RequestError(
+                "request's content type charset must be 'utf-8'",
+                status=415,
+                code="UnsupportedMediaType",
+            )
+
+
+def key_from_authorization(raw: str) -> str:
+    """The write key in an Authorization header: Bearer, or Basic's user name."""
+    scheme, _, value = raw.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise RequestError(_BAD_AUTH, status=400, code="BadRequest") from None
+        return decoded.partition(":")[0]
+    raise RequestError(_BAD_AUTH, status=400, code="BadRequest")
+
+
+async def lifespan(receive: Callable, send: Callable) -> None:
+    """Answer an ASGI server's lifespan messages (there is nothing to start or stop)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

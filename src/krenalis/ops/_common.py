@@ -1,4 +1,5 @@
-"""What the operator commands share: finding NATS, connecting, quiet logs, small formatters."""
+"""What the operator commands share: finding NATS, connecting, quiet logs, the stored
+workspace, a filter given on the command line, small formatters."""
 
 from __future__ import annotations
 
@@ -6,16 +7,29 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
 from krenalis.config import Settings
-from krenalis.errors import CommandError, NatsAuthError, NatsServerError, ServerTooOldError
+from krenalis.errors import (
+    CommandError,
+    FilterError,
+    NatsAuthError,
+    NatsServerError,
+    ServerTooOldError,
+    WorkspaceError,
+)
+from krenalis.pipelines.filters import Filter, parse_filter
 from krenalis.runtime.nats_server import local_port, read_local_seed, with_local_credentials
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import DLQ_PREFIX, DLQ_STREAM
+from krenalis.workspace._yaml import YamlError, load_yaml
+from krenalis.workspace.load import parse_workspace
+from krenalis.workspace.model import Workspace
+from krenalis.workspace.store import WorkspaceStore
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -25,7 +39,9 @@ __all__ = [
     "human_bytes",
     "nats_urls",
     "quiet_logs",
+    "read_filter",
     "storage_of",
+    "stored_workspace",
 ]
 
 #: Seconds an operator command waits for NATS before saying it is unreachable.
@@ -155,3 +171,34 @@ async def dead_letter_counts(js: JetStreamContext) -> dict[str, int]:
         return {}
     prefix = DLQ_PREFIX + "."
     return {subj.removeprefix(prefix): n for subj, n in (info.state.subjects or {}).items()}
+
+
+def read_filter(value: str, option: str = "--filter") -> tuple[str, Filter]:
+    """A filter given on the command line, in the workspace's syntax (YAML or JSON), or the
+    file holding it: its text and the filter."""
+    text = value
+    path = Path(value)
+    if "\n" not in value and path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"{option}: cannot read {value}: {exc}", 2) from None
+    try:
+        return text, parse_filter(load_yaml(text, {}, set()), option)
+    except YamlError as exc:
+        raise CommandError(f"{option}: line {exc.line}: {exc.reason}", 2) from None
+    except FilterError as exc:
+        raise CommandError(f"{exc} (for example {option} '{{all: [{{field: type, op: is, "
+                           "value: track}]}')", 2) from None  # fmt: skip
+
+
+async def stored_workspace(js: JetStreamContext, settings: Settings) -> Workspace:
+    """The workspace stored in NATS, read as written (this process need not have its
+    secrets); CommandError if there is none."""
+    revision = await (await WorkspaceStore(js, settings).open()).current()
+    if revision is None:
+        raise CommandError("no workspace is stored in NATS yet: `krenalis workspace apply FILE`")
+    try:
+        return parse_workspace(revision.text, f"workspace revision {revision.number}", unset=set())
+    except WorkspaceError as exc:
+        raise CommandError(f"the stored workspace cannot be read here: {exc}") from None

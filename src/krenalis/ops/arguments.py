@@ -1,5 +1,5 @@
-"""The arguments of the operator commands (nats, status, dlq, send, snippet, transform,
-workspace).
+"""The arguments of the operator commands (nats, status, dlq, replay, tail, send, snippet,
+transform, workspace).
 
 Only argument definitions and help: `krenalis.cli.COMMANDS` says which function runs each.
 """
@@ -18,6 +18,8 @@ def add_operator_commands(commands: argparse._SubParsersAction) -> None:
     _add_workspace(commands)
     _add_status(commands)
     _add_dlq(commands)
+    _add_replay(commands)
+    _add_tail(commands)
     _add_send(commands)
     _add_transform(commands)
     _add_snippet(commands)
@@ -146,8 +148,9 @@ def _add_status(commands: argparse._SubParsersAction) -> None:
         help="the EVENTS stream and each pipeline's backlog, in-flight events and dead letters",
         description=(
             "Show the EVENTS stream and, per pipeline: pending events, events being processed, "
-            "redeliveries, dead letters and the last delivery. Without KRENALIS_NATS_URL it "
-            "connects to the embedded nats-server of a running `krenalis serve`."
+            "redeliveries, dead letters and the last delivery; per source, its archive (size "
+            "and time span). Without KRENALIS_NATS_URL it connects to the embedded nats-server "
+            "of a running `krenalis serve`."
         ),
     )
     status.add_argument(
@@ -192,6 +195,59 @@ def _add_dlq(commands: argparse._SubParsersAction) -> None:
     purge = sub.add_parser("purge", help="delete dead letters for good")
     purge.add_argument("--pipeline", metavar="ID", help=pipeline_help)
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+_FILTER_HELP = (
+    "only events this filter takes, in the workspace's syntax (YAML or JSON), or a file "
+    "holding it, e.g. '{all: [{field: type, op: is, value: track}]}'"
+)
+
+
+def _add_replay(commands: argparse._SubParsersAction) -> None:
+    replay = commands.add_parser(
+        "replay",
+        help="send a source's archived events again, into one pipeline",
+        description=(
+            "Read the source's archive from --since (to --until), keep what the pipeline's "
+            "filter and consent rule take (and --filter), and publish it into the pipeline, "
+            "whose workers deliver it with their transform steps. Replayed events keep their "
+            "messageId: the warehouse and webhooks take each once, however often it is "
+            "replayed. A stopped replay goes on with --resume ID."
+        ),
+    )
+    replay.add_argument("--to", metavar="PIPELINE", help="the pipeline to replay into")
+    replay.add_argument(
+        "--source", metavar="ID", help="the archive to read (default: the pipeline's source)"
+    )
+    replay.add_argument(
+        "--since", metavar="TIME",
+        help="from this time (ISO 8601, UTC unless it says: 2026-11-20T00:00Z), or this long "
+        "ago (2d, 90m)",
+    )  # fmt: skip
+    replay.add_argument("--until", metavar="TIME", help="to this time (default: now)")
+    replay.add_argument("--filter", metavar="FILTER", help=_FILTER_HELP)
+    replay.add_argument("--dry-run", action="store_true", help="count, publish nothing")
+    replay.add_argument("--rate", type=float, metavar="N", help="publish at most N events a second")
+    replay.add_argument("--resume", metavar="ID", help="go on with the replay ID where it stopped")
+
+
+def _add_tail(commands: argparse._SubParsersAction) -> None:
+    tail = commands.add_parser(
+        "tail",
+        help="watch events live: accepted, rejected, and what each pipeline does with them",
+        description=(
+            "Show each event as the collectors of the deployment take or reject it, and its "
+            "outcome in each pipeline (delivered, retried, dead-lettered, filtered by a step), "
+            "until Ctrl+C. Collectors and workers send nothing while nobody tails."
+        ),
+    )
+    tail.add_argument("--source", metavar="ID", help="only this source's events")
+    tail.add_argument(
+        "--pipeline", metavar="ID", help="only the events this pipeline takes or filters out"
+    )
+    tail.add_argument("--filter", metavar="FILTER", help=_FILTER_HELP)
+    tail.add_argument("--json", action="store_true", help="print NDJSON, one object per line")
+    tail.add_argument("--limit", type=int, metavar="N", help="stop after N lines")
 
 
 def _add_send(commands: argparse._SubParsersAction) -> None:

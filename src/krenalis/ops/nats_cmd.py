@@ -75,7 +75,9 @@ def config(settings: Settings, args: argparse.Namespace) -> int:
     try:
         validate_with_server(text)
     except ServerConfigError as exc:
-        raise CommandError(f"nats-server rejected the configuration; nothing written: {exc}") from None
+        raise CommandError(
+            f"nats-server rejected the configuration; nothing written: {exc}"
+        ) from None
     if server_config.auth is None:
         print(
             "krenalis: warning: no authorization: anyone who reaches the client port can read "

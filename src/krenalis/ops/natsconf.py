@@ -54,8 +54,6 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _ROUTE_SCHEMES = ("nats://", "nats-route://", "tls://")
 
 
-
-
 @dataclass
 class NKeyAuth:
     """Users authenticate with an NKey seed; the config lists their public keys ("U...")."""

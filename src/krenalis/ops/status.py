@@ -1,5 +1,7 @@
 """`krenalis status`: the EVENTS stream and, per pipeline, what waits, what is in flight, what
-failed; then every Krenalis process and the workspace revision it runs.
+failed; each source's archive (its size and the time it spans); then every Krenalis process
+and the workspace revision it runs. The shape of the snapshot is drawn by
+:mod:`krenalis.ops.status_view`.
 
 Pipelines come from the consumers `EVENTS_<pipeline>_<shard>` (shards are summed), joined with
 the workspace stored in NATS, so a pipeline without a consumer yet, one being retired, or a
@@ -20,23 +22,15 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
-from rich import box
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from krenalis.config import Settings
 from krenalis.errors import CommandError, WorkspaceError
-from krenalis.ops._common import (
-    connected,
-    dead_letter_counts,
-    human_bytes,
-    nats_urls,
-    storage_of,
-)
+from krenalis.ops._common import connected, dead_letter_counts, nats_urls, storage_of
+from krenalis.ops.status_view import render
 from krenalis.runtime.service import ProcessInfo, list_processes
+from krenalis.stream.archive import ArchiveSpan, archive_spans, stream_counts
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import STREAM, consumer_name, list_pipeline_consumers
 from krenalis.workspace.load import parse_workspace
@@ -44,8 +38,6 @@ from krenalis.workspace.model import Workspace
 from krenalis.workspace.store import Revision, WorkspaceStore
 
 __all__ = ["collect", "status", "watch"]
-
-_COUNTS = ("pending", "in_flight", "redelivered", "dead_letters")
 
 
 def status(settings: Settings, args: argparse.Namespace) -> int:
@@ -106,12 +98,14 @@ async def collect(conn: NatsConnection, settings: Settings) -> dict[str, Any]:
     stream = await _stream(js)
     consumers = await _consumers(js) if stream["exists"] else {}
     dead = await dead_letter_counts(js)
+    archives = await archive_spans(js) if stream["exists"] else {}
     processes = await list_processes(conn.nc)
     return {
         "time": _now(),
         "stream": stream,
         "dead_letters": sum(dead.values()),
         "pipelines": _pipelines(workspace, revision, consumers, dead),
+        "archives": _archives(workspace, archives),
         "steps": _steps(processes),
         "workspace": workspace_info,
         "processes": [_process(p) for p in processes],
@@ -177,12 +171,15 @@ async def _workspace(
 async def _stream(js: JetStreamContext) -> dict[str, Any]:
     try:
         info = await js.stream_info(STREAM)
+        copies, archived = await stream_counts(js)
     except NotFoundError:
         return {"name": STREAM, "exists": False}
     return {
         "name": STREAM,
         "exists": True,
         "messages": info.state.messages,
+        "pipeline_copies": copies,
+        "archive_copies": archived,
         "bytes": info.state.bytes,
         "replicas": info.config.num_replicas,
         "storage": storage_of(info.config),
@@ -236,6 +233,25 @@ def _pipelines(
     return rows
 
 
+def _archives(workspace: Workspace | None, spans: dict[str, ArchiveSpan]) -> list[dict[str, Any]]:
+    """Per source (of the workspace, and any other whose archive is still there): its archive's
+    retention, copies, approximate bytes and the stream times of its first and last copy."""
+    declared = list(workspace.sources.values()) if workspace else []
+    rows = []
+    for source_id in [s.id for s in declared] + sorted(set(spans) - {s.id for s in declared}):
+        span = spans.get(source_id)
+        source = workspace.sources.get(source_id) if workspace else None
+        rows.append({
+            "source": source_id,
+            "retention": source.archive if source is not None else None,
+            "messages": span.messages if span else 0,
+            "approx_bytes": span.approx_bytes if span else 0,
+            "first": span.first.isoformat(timespec="seconds") if span and span.first else None,
+            "last": span.last.isoformat(timespec="seconds") if span and span.last else None,
+        })  # fmt: skip
+    return rows
+
+
 def _state(
     workspace: Workspace | None,
     revision: Revision | None,
@@ -258,102 +274,3 @@ def _state(
 def _latest(sequences: Any) -> str | None:
     times = [s.last_active for s in sequences if s is not None and s.last_active is not None]
     return max(times).isoformat(timespec="seconds") if times else None
-
-
-def render(snapshot: dict[str, Any]) -> Group:
-    """The snapshot as a headline and a table, for people."""
-    if "error" in snapshot:
-        return Group(Text(f"{snapshot['time']}  {snapshot['error']}", style="red"))
-    stream = snapshot["stream"]
-    if stream["exists"]:
-        replicas = stream["replicas"]
-        leader = f", leader {stream['leader']}" if stream["leader"] else ""
-        headline = (
-            f"{STREAM}: {stream['messages']:,} messages, {human_bytes(stream['bytes'])}, "
-            f"{replicas} replica{'s' if replicas != 1 else ''}, {stream['storage']} storage{leader}"
-        )
-    else:
-        headline = f"{STREAM}: not created yet; `krenalis serve` creates it"
-    parts: list[Any] = [
-        Text(f"{headline}. Dead letters: {snapshot['dead_letters']:,}. ({snapshot['time']})")
-    ]
-    workspace = snapshot["workspace"]
-    if workspace["revision"] is not None:
-        parts.append(Text(f"Workspace: revision {workspace['revision']}, applied "
-                          f"{workspace['applied_at']} from {workspace['origin']}."))  # fmt: skip
-    if workspace["error"]:
-        parts.append(Text(f"Workspace not loaded: {workspace['error']}", style="yellow"))
-    if snapshot["pipelines"]:
-        parts.append(_table(snapshot))
-    if snapshot.get("steps"):
-        parts.append(_steps_table(snapshot["steps"]))
-    else:
-        parts.append(Text("No pipelines: no consumer on EVENTS and none in the workspace."))
-    parts.append(_processes(snapshot["processes"], workspace["revision"]))
-    return Group(*parts)
-
-
-def _processes(processes: list[dict[str, Any]], current: int | None) -> Any:
-    if not processes:
-        return Text("No Krenalis process answers on this NATS.")
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
-    for title in ("Process", "Host", "PID", "Up", "Revision", "Pipelines"):
-        table.add_column(title, no_wrap=title != "Pipelines")
-    for p in processes:
-        revision = str(p["revision"])
-        if current is not None and p["revision"] != current:
-            revision = f"[yellow]{revision}[/yellow]"
-        table.add_row(
-            p["role"], escape(p["host"]), str(p["pid"]), _duration(p["uptime"]), revision,
-            escape(", ".join(p["pipelines"])) or "-",
-        )  # fmt: skip
-    return table
-
-
-def _table(snapshot: dict[str, Any]) -> Table:
-    now = datetime.fromisoformat(snapshot["time"])
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
-    table.add_column("Pipeline", no_wrap=True)  # ids stay whole; the state column wraps
-    table.add_column("State")
-    # Two-line headers keep the table within 80 columns.
-    for title in ("Pending", "In\nflight", "Redelivered", "Dead\nletters", "Last\ndelivery"):
-        table.add_column(title, justify="right", no_wrap=True)
-    for row in snapshot["pipelines"]:
-        counts = [f"{row[key]:,}" for key in _COUNTS]
-        if row["dead_letters"]:
-            counts[-1] = f"[red]{counts[-1]}[/red]"
-        state = row["state"]
-        if state in ("no consumer yet", "not in workspace"):
-            state = f"[yellow]{state}[/yellow]"
-        table.add_row(row["pipeline"], state, *counts, _ago(row["last_delivery"], now))
-    return table
-
-
-def _steps_table(steps: list[dict[str, Any]]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
-    table.add_column("Pipeline", no_wrap=True)
-    table.add_column("Transform step")
-    for title in ("In", "Out", "Dropped", "Failed", "us/event"):
-        table.add_column(title, justify="right", no_wrap=True)
-    for row in steps:
-        failed = f"{row['failed']:,}"
-        if row["failed"]:
-            failed = f"[red]{failed}[/red]"
-        per_event = "-" if row["us_per_event"] is None else f"{row['us_per_event']:,.1f}"
-        table.add_row(escape(row["pipeline"]), escape(row["step"]), f"{row['in']:,}",
-                      f"{row['out']:,}", f"{row['dropped']:,}", failed, per_event)  # fmt: skip
-    return table
-
-
-def _ago(when: str | None, now: datetime) -> str:
-    if when is None:
-        return "never"
-    return _duration(int((now - datetime.fromisoformat(when)).total_seconds())) + " ago"
-
-
-def _duration(seconds: int) -> str:
-    seconds = max(0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

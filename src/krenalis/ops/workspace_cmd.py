@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,12 @@ def _print_plan(plan: Plan) -> None:
         action = "discarded to EVENTS_DLQ" if retirement.mode == "discard" else "delivered"
         note = f"{events} events to be {action} first" if events else "nothing pending"
         print(f'  pipeline "{retirement.pipeline}" shards {shards} retire: {note}')
+    pending = {b.id for b in plan.current.backfills} if plan.current else set()
+    for backfill in plan.revision.backfills:
+        if backfill.id not in pending and not plan.unchanged:
+            since = datetime.fromtimestamp(backfill.since, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            print(f'  pipeline "{backfill.pipeline}" is backfilled from its source\'s archive '
+                  f"since {since}, once (replay {backfill.id})")  # fmt: skip
     if plan.unset:
         names = ", ".join(sorted(plan.unset))
         print(

@@ -93,8 +93,6 @@ EVENT_FIELDS = frozenset(
 MAX_CONSENT_PURPOSES = 100
 
 
-
-
 #: Every operator name, in documentation order.
 OPERATORS: tuple[str, ...] = tuple(BUILDERS)
 

@@ -17,7 +17,7 @@ from krenalis.pipelines.filters import ConsentRule, Filter, consents_satisfied
 if TYPE_CHECKING:  # routing only reads a workspace: no import cycle at run time
     from krenalis.workspace.model import Pipeline, Workspace
 
-__all__ = ["Router", "fnv1a_32", "shard_of"]
+__all__ = ["Router", "admission", "fnv1a_32", "shard_of"]
 
 Event = dict[str, Any]
 _Admit = Callable[[Event], bool]
@@ -40,7 +40,7 @@ def shard_of(user: str, shards: int) -> int:
     return 0 if shards == 1 else _hash_of(user) % shards
 
 
-def _admission(flt: Filter | None, rule: ConsentRule | None) -> _Admit | None:
+def admission(flt: Filter | None, rule: ConsentRule | None) -> _Admit | None:
     """One test for a pipeline's filter and consent rule; None when it takes everything."""
     filter_test = flt.test if flt is not None else None
     if rule is None or not rule.purposes:
@@ -66,6 +66,10 @@ class Router:
         self._routes = {source: tuple(r) for source, r in routes.items()}
         self.filtered: dict[str, int] = {p.id: 0 for p in workspace.enabled_pipelines()}
 
+    def pipelines_of(self, source_id: str) -> list[str]:
+        """The enabled pipelines of a source, in the workspace's order."""
+        return [pipeline_id for pipeline_id, _, _ in self._routes.get(source_id, ())]
+
     def route(self, source_id: str, event: Event) -> list[tuple[str, int]]:
         """(pipeline id, shard) for each enabled pipeline of the source that takes ``event``."""
         routes = self._routes.get(source_id)
@@ -87,7 +91,7 @@ class Router:
 
 
 def _route(pipeline: Pipeline) -> tuple[str, int, _Admit | None]:
-    return (pipeline.id, pipeline.shards, _admission(pipeline.filter, pipeline.consents))
+    return (pipeline.id, pipeline.shards, admission(pipeline.filter, pipeline.consents))
 
 
 def _hash_of(user: str) -> int:

@@ -32,9 +32,12 @@ from krenalis.runtime.follow import Follower
 from krenalis.runtime.service import register
 from krenalis.runtime.stream import StreamRuntime
 from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
+from krenalis.stream.archive import archive_possible
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import restore_if_lost
+from krenalis.stream.tail import TailInterest
 from krenalis.transforms.process import step_totals
+from krenalis.worker.backfill import Backfiller
 from krenalis.worker.pool import Workers
 from krenalis.worker.retire import Retirer
 from krenalis.workspace.load import load_workspace, parse_workspace
@@ -196,14 +199,18 @@ class _Process:
             self._start_child("worker", KRENALIS_WAREHOUSE_DSN=dsn or "")
         elif self.roles.workers:
             dsn = await self._warehouse(workspace)
+            tail = await TailInterest().start(conn.nc)
             self.workers = Workers(
                 conn.js, ack_wait=self.settings.nats_ack_wait, warehouse_dsn=dsn,
                 only=self.roles.only_pipelines or None, create_consumers=False,
-                code_dir=self.settings.code_dir,
+                code_dir=self.settings.code_dir, tail=tail,
             )  # fmt: skip
             await self.workers.apply(workspace, revision.retired)
-            retirer = Retirer(conn.nc, conn.js, self.follower.store)  # type: ignore[union-attr]
+            store = self.follower.store  # type: ignore[union-attr]
+            retirer = Retirer(conn.nc, conn.js, store)
             self.tasks.append(asyncio.create_task(retirer.run(), name="retirer"))
+            backfiller = Backfiller(conn.nc, store, self.settings)
+            self.tasks.append(asyncio.create_task(backfiller.run(), name="backfiller"))
         if self.roles.collector:
             await self._start_collector(conn, workspace, revision)
 
@@ -245,6 +252,11 @@ class _Process:
 
     async def _start_collector(self, conn, workspace: Workspace, revision: Revision) -> None:
         self.collector = Collector(conn, workspace, revision.number)
+        self.collector.archive = await archive_possible(conn.js)
+        if not self.collector.archive:
+            log.warning("EVENTS has WorkQueue retention: no archive is kept (replays and "
+                        "backfills need a limits stream).")  # fmt: skip
+        await self.collector.tail.start(conn.nc)
         sock = listening_socket(self.settings.http_host, self.settings.http_port)
         self.http = HTTPServer(
             self.collector, sock, max_connections=self.settings.http_max_connections

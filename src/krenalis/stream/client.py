@@ -1,17 +1,27 @@
-"""nats-py's Client with a faster parser for message headers; nothing else changes.
+"""nats-py's Client with a faster parser for message headers, and a faster way to publish many
+messages at once; nothing else changes.
 
 Every message a worker fetches carries headers (`Nats-Msg-Id`, and for atomic batches
 `Nats-Batch-Id` and `Nats-Batch-Sequence`). nats-py 2.16 checks each header name for whitespace
 one character at a time in a generator, which cost about 10 % of a warehouse worker's CPU
 (bench/RESULTS.md). This parser gives the same result (tests/stream/test_client.py compares
 them on generated header blocks); if nats-py renames the method, the override is simply unused.
+
+Publishing, nats-py checks each header name with a regular expression, builds each command on
+its own and asks its flusher for a flush per message: about 9 us per message with the four
+headers of an atomic batch's copies, against under 2 us for :func:`hpub` plus one
+:func:`publish_many` per batch (bench/RESULTS.md, "Archive"). Our headers need no check: their
+names are ours and their values hold no line break (:func:`krenalis.stream.publisher.header_safe`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from nats import errors
 from nats.aio.client import Client as _NatsClient
 
-__all__ = ["Client"]
+__all__ = ["Client", "hpub", "publish_many"]
 
 _CRLF = b"\r\n"
 
@@ -35,3 +45,30 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
 
 class Client(_NatsClient):
     _parse_header_lines = staticmethod(parse_header_lines)
+
+
+def hpub(subject: str, headers: Mapping[str, str], payload: bytes) -> bytes:
+    """One HPUB command without a reply subject, as nats-py's publish writes it. The header
+    names must be tokens and the values free of CR and LF: the caller's are."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = f"NATS/1.0\r\n{lines}\r\n".encode()
+    size = len(head) + len(payload)
+    return b"HPUB %s  %d %d\r\n%s%s\r\n" % (subject.encode(), len(head), size, head, payload)
+
+
+async def publish_many(nc: _NatsClient, commands: list[bytes]) -> None:
+    """Send commands made by :func:`hpub` in one write to the client's buffer and one flush,
+    with the checks nats-py's publish makes (closed, draining, buffer full while away)."""
+    if nc.is_closed:
+        raise errors.ConnectionClosedError
+    if nc.is_draining_pubs:
+        raise errors.ConnectionDrainingError
+    data = b"".join(commands)
+    limit = nc._max_pending_size
+    if not nc.is_connected and (limit <= 0 or len(data) + nc._pending_data_size > limit):
+        raise errors.OutboundBufferLimitError
+    nc.stats["out_msgs"] += len(commands)
+    nc.stats["out_bytes"] += len(data)
+    await nc._send_command(data)
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()

@@ -11,6 +11,10 @@
 - One subject and one durable pull consumer per pipeline and shard:
   `events.v1.<pipeline>.<shard>` consumed by `EVENTS_<pipeline>_<shard>`; exactly one consumer
   per subject (WorkQueue streams enforce it; the pruning relies on it).
+- Each source's archive, a copy of every event it sent, is in EVENTS too, under
+  `events.v1._archive.<source>` (no pipeline id starts with "_"), each copy expiring by its
+  own TTL (`Nats-TTL`, hence `allow_msg_ttl`): see `archive.py`. No consumer of a pipeline
+  reads it, and nothing that purges a pipeline's subjects touches it.
 - Dead letters live in their own stream, `EVENTS_DLQ` (subjects `dlq.v1.>`, limits retention).
 """
 
@@ -40,8 +44,10 @@ from krenalis.backoff import Backoff
 from krenalis.config import Settings
 
 __all__ = [
+    "ARCHIVE_PREFIX",
     "DLQ_STREAM",
     "STREAM",
+    "archive_subject",
     "consumer_name",
     "dlq_stream_config",
     "ensure_consumer",
@@ -59,6 +65,8 @@ log = logging.getLogger("krenalis.stream")
 
 STREAM = "EVENTS"
 SUBJECT_PREFIX = "events.v1"
+#: Where sources' archives are: `events.v1._archive.<source>`.
+ARCHIVE_PREFIX = f"{SUBJECT_PREFIX}._archive"
 DLQ_STREAM = "EVENTS_DLQ"
 DLQ_PREFIX = "dlq.v1"
 #: Dead letters are kept this long (Jitsu keeps 7 days; we keep 30).
@@ -69,6 +77,10 @@ MAX_ACK_PENDING = 20_000
 
 def subject(pipeline: str, shard: int = 0) -> str:
     return f"{SUBJECT_PREFIX}.{pipeline}.{shard}"
+
+
+def archive_subject(source: str) -> str:
+    return f"{ARCHIVE_PREFIX}.{source}"
 
 
 def consumer_name(pipeline: str, shard: int = 0) -> str:
@@ -92,6 +104,8 @@ def stream_config(settings: Settings) -> StreamConfig:
         duplicate_window=settings.nats_duplicate_window,
         # Atomic batch publish (nats-server 2.12+): one fsync per request's copies.
         allow_atomic=True,
+        # Archive copies expire by their own Nats-TTL (2.11+; once on, it cannot be turned off).
+        allow_msg_ttl=True,
     )
 
 
@@ -219,17 +233,24 @@ async def remove_pipeline(
     """
     if shards is None:
         shards = (await list_pipeline_consumers(js)).get(pipeline, set())
-    before = (await js.stream_info(STREAM)).state.messages
+    before = await _pipeline_messages(js, pipeline)
     for shard in shards:
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(STREAM, consumer_name(pipeline, shard))
         await js.purge_stream(STREAM, subject=subject(pipeline, shard))
-    purged = before - (await js.stream_info(STREAM)).state.messages
+    purged = before - await _pipeline_messages(js, pipeline)
     log.info(
         "Removed the consumers of a retired pipeline.",
         extra={"pipeline": pipeline, "shards": sorted(shards), "purged": purged},
     )
     return purged
+
+
+async def _pipeline_messages(js: JetStreamContext, pipeline: str) -> int:
+    """Messages on the pipeline's subjects (not the whole stream's: archive copies expire
+    meanwhile)."""
+    info = await js.stream_info(STREAM, subjects_filter=f"{SUBJECT_PREFIX}.{pipeline}.*")
+    return sum((info.state.subjects or {}).values())
 
 
 async def ensure_pipelines(

@@ -23,14 +23,16 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
 from krenalis.backoff import Backoff
 from krenalis.errors import PublishError
+from krenalis.stream.client import hpub, publish_many
 from krenalis.stream.layout import STREAM, subject
 
-__all__ = ["OutMessage", "Publisher", "copy_for", "message_id"]
+__all__ = ["OutMessage", "Publisher", "copy_for", "header_safe", "message_id"]
 
 log = logging.getLogger("krenalis.stream")
 
@@ -39,28 +41,38 @@ MAX_IN_FLIGHT = 4096
 #: The server's limit of messages in one atomic batch.
 MAX_BATCH = 1000
 #: Fewer copies than this go one by one: an atomic batch saves fsyncs, but a stream commits
-#: only a few hundred batches a second (measured: bench/RESULTS.md), so small ones lose.
-MIN_ATOMIC = 50
+#: only about 400 batches a second against about 5,000 copies one by one (measured:
+#: bench/RESULTS.md, section 4), so batches of under about 13 copies lose. 20: a request of
+#: 10 events has 20 copies with their archive's (bench/RESULTS.md, "Archive").
+MIN_ATOMIC = 20
 #: Atomic batches in flight per process (the server allows 50 per stream).
 MAX_ATOMIC_IN_FLIGHT = 16
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class OutMessage:
+    """One message to store: ``ttl`` (whole seconds) makes the stream remove it by itself
+    then (an archive copy); 0: kept until removed."""
+
     subject: str
     data: bytes
     msg_id: str
+    ttl: int = 0
 
 
 def message_id(event_message_id: str, pipeline: str) -> str:
-    """The copy's Nats-Msg-Id. nats-py trims header values and turns CR/LF into spaces, so an
-    id with spaces or control characters is hashed: distinct ids must never be merged."""
-    if event_message_id.isprintable() and not any(c.isspace() for c in event_message_id):
-        return f"{event_message_id}/{pipeline}"
+    """The copy's Nats-Msg-Id: see :func:`header_safe`."""
+    return f"{header_safe(event_message_id)}/{pipeline}"
+
+
+def header_safe(event_message_id: str) -> str:
+    """A messageId as it may go into a Nats-Msg-Id. nats-py trims header values and turns
+    CR/LF into spaces, so an id with spaces or control characters is hashed: distinct ids must
+    never be merged. (Every whitespace character but the ASCII space is unprintable.)"""
+    if event_message_id.isprintable() and " " not in event_message_id:
+        return event_message_id
     digest = hashlib.sha256(event_message_id.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"sha256:{digest}/{pipeline}"
+    return f"sha256:{digest}"
 
 
 def copy_for(pipeline: str, shard: int, data: bytes, event_message_id: str) -> OutMessage:
@@ -103,6 +115,8 @@ class _AckInbox:
         self.pending[token] = future
         try:
             headers = {"Nats-Msg-Id": msg.msg_id}
+            if msg.ttl:
+                headers["Nats-TTL"] = str(msg.ttl)
             if batch_headers:
                 headers.update(batch_headers)
             await self.nc.publish(msg.subject, msg.data, reply=self.prefix + token, headers=headers)
@@ -131,7 +145,9 @@ class _AckInbox:
             future.set_exception(_api_error(ack.error))
         else:
             future.set_result(
-                PubAck(stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate, batch_size=ack.count)
+                PubAck(
+                    stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate, batch_size=ack.count
+                )
             )
 
 
@@ -183,7 +199,9 @@ class Publisher:
             async with self.atomic_slots:
                 commit = await self._atomic(messages)
         except (NatsError, TimeoutError, ConnectionError) as exc:
-            log.debug("Atomic batch refused; publishing one by one.", extra={"error": _describe(exc)})
+            log.debug(
+                "Atomic batch refused; publishing one by one.", extra={"error": _describe(exc)}
+            )
             return await self._one_by_one(messages)
         first = commit.seq - len(messages) + 1
         return [PubAck(stream=commit.stream, seq=first + i) for i in range(len(messages))]
@@ -191,10 +209,18 @@ class Publisher:
     async def _atomic(self, messages: list[OutMessage]) -> PubAck:
         batch_id = uuid.uuid4().hex
         last = len(messages)
+        max_payload = self.nc.max_payload
+        commands = []
         for number, msg in enumerate(messages[:-1], 1):
+            if len(msg.data) > max_payload:
+                raise MaxPayloadError
             headers = {"Nats-Msg-Id": msg.msg_id, "Nats-Batch-Id": batch_id}
             headers["Nats-Batch-Sequence"] = str(number)
-            await self.nc.publish(msg.subject, msg.data, headers=headers)
+            if msg.ttl:
+                headers["Nats-TTL"] = str(msg.ttl)
+            commands.append(hpub(msg.subject, headers, msg.data))
+        # One write for the batch: nats-py's publish per message was most of its cost.
+        await publish_many(self.nc, commands)
         commit = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(last)}
         commit["Nats-Batch-Commit"] = "1"
         future = await self.inbox.send(messages[-1], commit)

@@ -68,9 +68,9 @@ __all__ = [
 #: Seconds between two looks at the current step's deadline.
 TICK = 0.02
 
-#: An event's outcome: (user key, the events to deliver as JSON; none when dropped), or the
-#: reason it failed.
-Result = tuple[str, list[bytes]] | str
+#: An event's outcome: (user key, the events to deliver as JSON, and when there are none the
+#: label of the step that dropped it, else ""), or the reason it failed.
+Result = tuple[str, list[bytes], str] | str
 
 _BUILDERS: dict[type, Callable[[Any], Any]] = {
     DropStep: builtin.build_drop,
@@ -210,8 +210,8 @@ class Chain:
             for built in self.built:
                 events = _step(built, events, context)
                 if not events:
-                    break
-            return user, [_encode(e) for e in events]
+                    return user, [], built.step.label
+            return user, [_encode(e) for e in events], ""
         except _Failed as exc:
             return str(exc)
         except (TypeError, ValueError, OverflowError) as exc:

@@ -51,7 +51,7 @@ class Chunk(msgspec.Struct, array_like=True):
     figures since the previous chunk."""
 
     done: bool
-    results: list[tuple[str, list[bytes]] | str]
+    results: list[tuple[str, list[bytes], str] | str]
     stats: list[list[float]]
 
 

@@ -20,6 +20,9 @@ several events that are acked together, once the sink took them all.
 When the consumer turns out to have been made again (see consumer.py), the events fetched from
 the old one are dropped without a word to NATS: the new consumer delivers them again, or they
 went with the old stream.
+
+While `krenalis tail` watches the pipeline, each outcome is also told to it (``tail``, see
+:mod:`krenalis.worker.tail`), once per round.
 """
 
 from __future__ import annotations
@@ -28,8 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from nats.js import JetStreamContext
 
@@ -41,6 +43,8 @@ from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry, Sink
 from krenalis.stream.consumer import Delivery, PipelineConsumer
 from krenalis.stream.deadletters import dead_letter
 from krenalis.transforms.process import TransformProcess
+from krenalis.worker.held import Held, WorkerSettings, combined, count_delivered, recovered
+from krenalis.worker.tail import WorkerTail
 
 __all__ = ["PipelineWorker", "WorkerSettings"]
 
@@ -48,32 +52,6 @@ log = logging.getLogger("krenalis.worker")
 
 #: Seconds the start-up check of a sink may take (it never holds the worker up for longer).
 SINK_CHECK_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    batch_max_events: int = 1000
-    batch_max_wait: float = 0.5
-    retry_window: float = 4 * 3600.0
-    ack_wait: float = 30.0
-    #: Most events one worker holds (fetched, not settled) before it stops fetching.
-    max_held: int = 10_000
-
-
-@dataclass
-class _Held:
-    """A fetched event waiting for its sink."""
-
-    delivery: Delivery
-    #: What the sink gets for this message: the event, or what the steps made of it (several
-    #: when they fanned it out; those the sink took already are removed).
-    events: list[dict]
-    user: str
-    attempts: int = 0
-    not_before: float = 0.0
-    last_reason: str = field(default="")
-    #: The wait came from the sink (Retry-After), not from our backoff: always honour it.
-    sink_wait: bool = False
 
 
 class PipelineWorker:
@@ -89,15 +67,17 @@ class PipelineWorker:
         settings: WorkerSettings | None = None,
         create_consumer: bool = True,
         transform: TransformProcess | None = None,
+        tail: WorkerTail | None = None,
     ) -> None:
         self.js = js
+        self.tail = tail
         self.pipeline = pipeline
         self.shard = shard
         self.sink = sink
         self.transform = transform
         self.settings = settings or WorkerSettings()
         self.consumer = PipelineConsumer(js, pipeline, shard, ack_wait=self.settings.ack_wait)
-        self.held: list[_Held] = []
+        self.held: list[Held] = []
         self.last_delivery: float | None = None
         self.last_error = ""
         self._stopping = asyncio.Event()
@@ -192,6 +172,8 @@ class PipelineWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), self._wait_for_next_due())
         metrics.IN_FLIGHT.labels(self.pipeline).set(len(self.held))
+        if self.tail is not None:
+            await self.tail.flush()
 
     def _drop_stale(self) -> None:
         """Forget the events an older consumer generation delivered (the consumer has already
@@ -238,9 +220,9 @@ class PipelineWorker:
             try:
                 event = decode_event(delivery.data)
             except InvalidEvent as exc:
-                await self._dead_letter(_Held(delivery, [], ""), f"invalid event data: {exc}")
+                await self._dead_letter(Held(delivery, [], ""), f"invalid event data: {exc}")
                 continue
-            self.held.append(_Held(delivery, [event], user_key(event)))
+            self.held.append(Held(delivery, [event], user_key(event)))
         if deliveries:
             self._arrived.set()
 
@@ -252,22 +234,23 @@ class PipelineWorker:
         for delivery, result in zip(deliveries, results, strict=True):
             if isinstance(result, str):
                 metrics.FAILED.labels(self.pipeline).inc()
-                await self._dead_letter(_Held(delivery, [], ""), result)
+                await self._dead_letter(Held(delivery, [], ""), result)
                 continue
-            user, outputs = result
+            user, outputs, dropped_by = result
             if not outputs:
                 await delivery.ack()
                 metrics.FILTERED.labels(self.pipeline).inc()
+                self._tell("filtered", delivery.data, step=dropped_by)
                 continue
             try:
                 events = [decode_event(data) for data in outputs]
             except InvalidEvent as exc:
                 metrics.FAILED.labels(self.pipeline).inc()
                 await self._dead_letter(
-                    _Held(delivery, [], user), f"the steps made an invalid event: {exc}"
+                    Held(delivery, [], user), f"the steps made an invalid event: {exc}"
                 )
                 continue
-            self.held.append(_Held(delivery, events, user))
+            self.held.append(Held(delivery, events, user))
         self._transforming = 0
         self._arrived.set()
 
@@ -281,11 +264,11 @@ class PipelineWorker:
             return self.settings.batch_max_wait
         return max(0.05, min(self.settings.batch_max_wait, min(waits) - time.monotonic()))
 
-    def _due_batch(self) -> list[_Held]:
+    def _due_batch(self) -> list[Held]:
         """Due events in fetch order, skipping users whose earlier event waits for a retry."""
         now = time.monotonic()
         waiting_users: set[str] = set()
-        batch: list[_Held] = []
+        batch: list[Held] = []
         for held in self.held:
             if held.user in waiting_users:
                 continue
@@ -297,7 +280,7 @@ class PipelineWorker:
                 break
         return batch
 
-    async def _write(self, batch: list[_Held]) -> list[Outcome]:
+    async def _write(self, batch: list[Held]) -> list[Outcome]:
         """One outcome per held message (see _combined for one the steps fanned out)."""
         events = [event for held in batch for event in held.events]
         try:
@@ -309,9 +292,9 @@ class PipelineWorker:
             return [Retry("the sink answered for a different number of events")] * len(batch)
         if len(events) == len(batch):
             return outcomes
-        return _combined(batch, outcomes)
+        return combined(batch, outcomes)
 
-    async def _settle(self, batch: list[_Held], outcomes: list[Outcome]) -> None:
+    async def _settle(self, batch: list[Held], outcomes: list[Outcome]) -> None:
         done: set[int] = set()
         delivered: list[dict] = []
         for held, outcome in zip(batch, outcomes, strict=True):
@@ -319,6 +302,7 @@ class PipelineWorker:
                 await held.delivery.ack()
                 delivered.extend(held.events)
                 done.add(id(held))
+                self._tell("delivered", held.events)
             elif isinstance(outcome, Rejected):
                 metrics.FAILED.labels(self.pipeline).inc()
                 await self._dead_letter(held, outcome.reason)
@@ -327,8 +311,8 @@ class PipelineWorker:
                 done.add(id(held))
         self.held = [h for h in self.held if id(h) not in done]
         if delivered:
-            _count_delivered(self.pipeline, delivered)
-        if _recovered(batch, outcomes):
+            count_delivered(self.pipeline, delivered)
+        if recovered(batch, outcomes):
             self._due_now()
         self._note_health(outcomes)
 
@@ -339,7 +323,7 @@ class PipelineWorker:
             if not held.sink_wait:
                 held.not_before = 0.0
 
-    async def _schedule_retry(self, held: _Held, outcome: Retry) -> bool:
+    async def _schedule_retry(self, held: Held, outcome: Retry) -> bool:
         """Plan the next attempt; dead-letter and return True once the window has passed."""
         held.attempts += 1
         held.last_reason = outcome.reason
@@ -352,9 +336,11 @@ class PipelineWorker:
         held.not_before = time.monotonic() + delay
         held.sink_wait = outcome.after is not None
         metrics.RETRIED.labels(self.pipeline).inc()
+        self._tell("retried", held.events, reason=outcome.reason, attempts=held.attempts,
+                   next_in=round(delay, 3))  # fmt: skip
         return False
 
-    async def _dead_letter(self, held: _Held, reason: str) -> None:
+    async def _dead_letter(self, held: Held, reason: str) -> None:
         delivery = held.delivery
         if not await self.consumer.still_current(delivery):
             return  # an older generation's: redelivered by the new consumer, or gone
@@ -371,10 +357,16 @@ class PipelineWorker:
         )
         await delivery.term(reason)
         metrics.DEAD_LETTERED.labels(self.pipeline).inc()
+        self._tell("dead-lettered", held.events or delivery.data, reason=reason)
         log.warning(
             "Event dead-lettered.",
             extra={"pipeline": self.pipeline, "reason": reason, "seq": delivery.stream_seq},
         )
+
+    def _tell(self, outcome: str, events: list[dict] | bytes, **details: object) -> None:
+        """An outcome for `krenalis tail`, while one watches this pipeline."""
+        if self.tail is not None and self.tail.on:
+            self.tail.note(outcome, events, **details)
 
     def _note_health(self, outcomes: list[Outcome]) -> None:
         """Log once when deliveries start failing (or the reason changes) and once on recovery."""
@@ -392,34 +384,6 @@ class PipelineWorker:
             log.info("Deliveries recovered.", extra={"pipeline": self.pipeline})
 
 
-def _combined(batch: list[_Held], outcomes: list[Outcome]) -> list[Outcome]:
-    """One outcome per message from one per event, where the steps fanned some messages out:
-    Delivered when the sink took every one of its events; Rejected if it refused one (the
-    message goes to the dead letters whole); else Retry, keeping only the events not taken."""
-    combined: list[Outcome] = []
-    start = 0
-    for held in batch:
-        mine = outcomes[start : start + len(held.events)]
-        start += len(held.events)
-        rejected = next((o for o in mine if isinstance(o, Rejected)), None)
-        retry = next((o for o in mine if isinstance(o, Retry)), None)
-        if rejected is not None or retry is None:
-            combined.append(rejected or mine[0])
-            continue
-        held.events = [
-            e for e, o in zip(held.events, mine, strict=True) if not isinstance(o, Delivered)
-        ]
-        combined.append(retry)
-    return combined
-
-
-def _recovered(batch: list[_Held], outcomes: list[Outcome]) -> bool:
-    retried_ok = any(
-        h.attempts and isinstance(o, Delivered) for h, o in zip(batch, outcomes, strict=True)
-    )
-    return retried_ok and not any(isinstance(o, Retry) for o in outcomes)
-
-
 async def _finish(task: asyncio.Task[None], timeout: float) -> None:
     """Let the fetcher end its current fetch (what it gets is then handed back with the rest);
     cancel it if that takes too long."""
@@ -429,16 +393,3 @@ async def _finish(task: asyncio.Task[None], timeout: float) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _count_delivered(pipeline: str, events: list[dict]) -> None:
-    """Metrics once per batch (a labelled child costs a lookup; per event it showed in profiles)."""
-    metrics.DELIVERED.labels(pipeline).inc(len(events))
-    latency = metrics.E2E_LATENCY.labels(pipeline)
-    now = time.time()
-    for event in events:
-        received = event.get("receivedAt")
-        if isinstance(received, str):
-            with contextlib.suppress(ValueError):
-                at = datetime.fromisoformat(received).replace(tzinfo=UTC).timestamp()
-                latency.observe(max(0.0, now - at))

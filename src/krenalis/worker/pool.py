@@ -27,9 +27,11 @@ from krenalis.backoff import Backoff
 from krenalis.errors import TransformLoadError
 from krenalis.sinks.base import Sink
 from krenalis.sinks.warehouse import WarehouseSink
+from krenalis.stream.tail import TailInterest
 from krenalis.transforms.process import TransformProcess, load_stamps_changed
 from krenalis.worker.pipeline import PipelineWorker, WorkerSettings
 from krenalis.worker.retire import DiscardSink
+from krenalis.worker.tail import WorkerTail
 from krenalis.workspace.load import parse_workspace
 from krenalis.workspace.model import Destination, Pipeline, Workspace
 from krenalis.workspace.store import Retirement
@@ -98,8 +100,11 @@ class Workers:
         only: set[str] | None = None,
         create_consumers: bool = True,
         code_dir: Path | None = None,
+        tail: TailInterest | None = None,
     ) -> None:
         self.js = js
+        #: Who watches with `krenalis tail` (None: nobody can, as in tests of a lone worker).
+        self.tail = tail
         #: Where file paths of the steps (functions, databases) start: see transforms.functions.
         self.code_dir = code_dir or Path.cwd()
         # False in serve's worker process: serve owns the layout and removes consumers.
@@ -235,9 +240,12 @@ class Workers:
         if _steps_of(want):
             transform = TransformProcess(pipeline.id, pipeline.source, pipeline.transform,
                                          self.code_dir)  # fmt: skip
+        tail = None
+        if self.tail is not None:
+            tail = WorkerTail(self.tail, pipeline.id, pipeline.source, key[1])
         worker = PipelineWorker(
             self.js, pipeline.id, sink, shard=key[1], settings=settings,
-            create_consumer=self.create_consumers, transform=transform,
+            create_consumer=self.create_consumers, transform=transform, tail=tail,
         )  # fmt: skip
         task = asyncio.create_task(_supervise(worker), name=f"worker-{key[0]}-{key[1]}")
         self.running[key] = _Running(worker, task, want)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from datetime import datetime
 
 from nats.aio.client import Client
@@ -32,7 +33,7 @@ from krenalis.stream.layout import remove_pipeline
 from krenalis.workspace.apply import backlog
 from krenalis.workspace.store import Retirement, Revision, WorkspaceStore, now, who
 
-__all__ = ["DISCARD_REASON", "DiscardSink", "Retirer"]
+__all__ = ["DISCARD_REASON", "INTERVAL", "DiscardSink", "Retirer", "old_enough", "routed_by"]
 
 log = logging.getLogger("krenalis.worker")
 
@@ -77,25 +78,21 @@ class Retirer:
 
     async def step(self) -> None:
         revision = await self.store.current()
-        if revision is None or not revision.retired or not _old_enough(revision):
+        if revision is None or not revision.retired or not old_enough(revision):
             return
-        if not await self._routed_by(revision):
+        if not await routed_by(self.nc, revision):
             return
         for retirement in revision.retired:
             if await backlog(self.js, retirement.pipeline, retirement.shards) == 0:
                 await self._finish(retirement, revision)
                 return  # the revision changed: look again next round
 
-    async def _routed_by(self, revision: Revision) -> bool:
-        """Whether every process that routes events runs `revision` or a later one."""
-        processes = await list_processes(self.nc)
-        return all(p.revision >= revision.number for p in processes if p.routes)
-
     async def _finish(self, retirement: Retirement, revision: Revision) -> None:
         await remove_pipeline(self.js, retirement.pipeline, retirement.shards)
         rest = tuple(r for r in revision.retired if r != retirement)
         origin = f'retired pipeline "{retirement.pipeline}" shards {list(retirement.shards)}'
-        after = Revision(0, revision.text, origin, now(), who(), rest)
+        after = replace(revision, number=0, origin=origin, applied_at=now(), applied_by=who(),
+                        retired=rest)  # fmt: skip
         with contextlib.suppress(RevisionConflict):  # another process finished it first
             stored = await self.store.store(after, revision.number)
             log.info(
@@ -114,7 +111,16 @@ class Retirer:
             log.warning("Cannot finish retirements yet; retrying.", extra={"error": error})
 
 
-def _old_enough(revision: Revision) -> bool:
+async def routed_by(nc: Client, revision: Revision) -> bool:
+    """Whether every process that routes events runs `revision` or a later one, with no
+    request routed by an older one still publishing."""
+    processes = await list_processes(nc)
+    return all(p.revision >= revision.number for p in processes if p.routes)
+
+
+def old_enough(revision: Revision) -> bool:
+    """Whether `revision` was stored GRACE seconds ago at least (a process that started
+    meanwhile has registered)."""
     try:
         stored = datetime.fromisoformat(revision.applied_at.replace("Z", "+00:00"))
     except ValueError:

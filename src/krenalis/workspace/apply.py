@@ -15,17 +15,22 @@ Every change goes this way, whoever makes it: `krenalis workspace apply` and `ro
    deliver the backlog, then they go) or ``discard`` (the backlog moves to EVENTS_DLQ with the
    reason "pipeline removed", where it can be replayed). :mod:`krenalis.worker.retire` finishes
    retirements.
-4. The consumers of every pipeline shard of the new workspace are created before it is stored,
+4. A pipeline added with ``backfill: 2d`` gets a pending backfill in the revision (its source's
+   archive from two days before now, replayed into it once by a worker process: see
+   :mod:`krenalis.worker.backfill`); pending ones of pipelines still there are kept.
+5. The consumers of every pipeline shard of the new workspace are created before it is stored,
    so no collector ever routes to a subject nobody consumes.
-5. The revision is stored with compare-and-set on the revision read in step 2.
+6. The revision is stored with compare-and-set on the revision read in step 2.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -38,7 +43,7 @@ from krenalis.transforms.check import check_steps
 from krenalis.workspace.diff import Change, diff_texts
 from krenalis.workspace.load import parse_workspace
 from krenalis.workspace.model import Workspace
-from krenalis.workspace.store import Retirement, Revision, WorkspaceStore, now, who
+from krenalis.workspace.store import Backfill, Retirement, Revision, WorkspaceStore, now, who
 
 __all__ = ["Choice", "Plan", "apply_plan", "backlog", "plan_change"]
 
@@ -98,6 +103,7 @@ async def plan_change(
     )
     if current is not None and not plan.unchanged:
         await _retire(js, plan, current, choice)
+    plan.revision = replace(plan.revision, backfills=_backfills(current, workspace))
     return plan
 
 
@@ -127,8 +133,19 @@ async def _retire(js: JetStreamContext, plan: Plan, current: Revision, choice: C
         if events and choice is Choice.REFUSE:
             plan.refused.append(_refusal(pipeline, dropped, count, new.get(pipeline), events))
     kept += [_trimmed(r, new) for r, _ in plan.retiring]
-    plan.revision = Revision(0, plan.revision.text, plan.revision.origin,
-                             plan.revision.applied_at, plan.revision.applied_by, tuple(kept))  # fmt: skip
+    plan.revision = replace(plan.revision, retired=tuple(kept))
+
+
+def _backfills(current: Revision | None, workspace: Workspace) -> tuple[Backfill, ...]:
+    """The pending backfills of the pipelines still there, and one for each pipeline added
+    with ``backfill`` (a renamed pipeline is a new one)."""
+    before = _shards_of(current) if current is not None else {}
+    kept = [b for b in (current.backfills if current else ()) if b.pipeline in workspace.pipelines]
+    for pipeline in workspace.pipelines.values():
+        if pipeline.backfill is not None and pipeline.id not in before:
+            replay_id = f"backfill-{pipeline.id}-{uuid.uuid4().hex[:8]}"
+            kept.append(Backfill(pipeline.id, replay_id, time.time() - pipeline.backfill))
+    return tuple(kept)
 
 
 def _shards_of(revision: Revision) -> dict[str, int]:

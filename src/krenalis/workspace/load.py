@@ -14,14 +14,11 @@ then filters and consent rules.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import operator
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, NoReturn
-from urllib.parse import urlsplit
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 
@@ -33,6 +30,7 @@ from krenalis.transforms.spec import STEPS, Step
 from krenalis.workspace._messages import Entry, explain
 from krenalis.workspace._yaml import LineDict, LineList, YamlError, load_yaml
 from krenalis.workspace.model import (
+    DEFAULT_ARCHIVE,
     DEFAULT_RETRY_WINDOW,
     ID_PATTERN,
     MAX_SHARDS,
@@ -43,7 +41,15 @@ from krenalis.workspace.model import (
     WarehouseConfig,
     Workspace,
 )
-from krenalis.workspace.values import Dsn, Duration, NonEmptyStr, WriteKey, dec_hook
+from krenalis.workspace.values import (
+    Dsn,
+    Duration,
+    NonEmptyStr,
+    Origin,
+    Retention,
+    WriteKey,
+    dec_hook,
+)
 
 __all__ = ["load_workspace", "parse_workspace"]
 
@@ -62,81 +68,10 @@ class _Warehouse(msgspec.Struct, forbid_unknown_fields=True):
     dsn: Dsn
 
 
-_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class _Origin(str):
-    """A web page's origin, as browsers send it in ``Origin``: scheme, host, optional port.
-    A first label "*" stands for any subdomain. Kept normalised (lower case, no default port),
-    as browsers write it, so that the collector compares strings."""
-
-    description: ClassVar[str] = (
-        "an origin such as https://shop.example.com or https://*.example.com"
-    )
-
-    @classmethod
-    def decode(cls, value: Any) -> _Origin:
-        if not isinstance(value, str) or not value:
-            raise ValueError("a non-empty string")
-        origin, problem = _normal_origin(value)
-        if problem:
-            raise ValueError(f"{cls.description}; {problem}")
-        return cls(origin)
-
-
-def _normal_origin(text: str) -> tuple[str, str | None]:
-    """The origin ``text`` in its normal form, or the reason it is not one."""
-    if text == "*":
-        return "", "to allow every origin, leave allowed_origins out"
-    if any(c.isspace() for c in text):
-        return "", "it contains whitespace"
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        return "", "it is malformed"
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
-        return "", f'its scheme is "{parts.scheme}"' if parts.scheme else "it has no scheme"
-    if parts.path or parts.query or parts.fragment or text.endswith(("?", "#")):
-        return "", "it has a path: an origin ends after the host (and port)"
-    if "@" in parts.netloc:
-        return "", "it has a user name"
-    host, problem = _origin_host(parts.hostname or "")
-    if problem:
-        return "", problem
-    shown_port = f":{port}" if port is not None and port != _DEFAULT_PORTS[scheme] else ""
-    return f"{scheme}://{host}{shown_port}", None
-
-
-def _origin_host(host: str) -> tuple[str, str | None]:
-    if not host:
-        return "", "it has no host"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    if address is not None:
-        return (f"[{host}]" if address.version == 6 else host), None
-    labels = host.split(".")
-    if labels[0] == "*":
-        labels = labels[1:]
-        if not labels:
-            return "", 'it needs a domain after "*."'
-    if any("*" in label for label in labels):
-        return "", 'its "*" may only stand for the first label of the host, as in *.example.com'
-    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        return "", (
-            "its host must be letters, digits, hyphens and dots "
-            "(an internationalised name in its xn-- form)"
-        )
-    return host, None
-
-
 class _Source(msgspec.Struct, forbid_unknown_fields=True):
     write_key: WriteKey
-    allowed_origins: list[_Origin] | None = None
+    allowed_origins: list[Origin] | None = None
+    archive: Retention = Retention(DEFAULT_ARCHIVE)
 
 
 class _Batch(msgspec.Struct, forbid_unknown_fields=True):
@@ -154,6 +89,7 @@ class _Pipeline(msgspec.Struct, forbid_unknown_fields=True):
     batch: _Batch | None = None
     retry_window: Duration | None = None
     transform: Any = None  # each step is checked on its own (see steps()), with its line
+    backfill: Duration | None = None
 
 
 def parse_workspace(
@@ -239,7 +175,7 @@ class _Loader:
                 )
             owner_of_key[key] = source_id
             origins = self.allowed_origins(fields, body, source_id)
-            sources[source_id] = Source(source_id, key, origins)
+            sources[source_id] = Source(source_id, key, origins, float(fields.archive))
         return sources
 
     def allowed_origins(self, fields: _Source, body: Any, source_id: str) -> tuple[str, ...]:
@@ -275,9 +211,13 @@ class _Loader:
         for pipeline_id, body in section.items():
             line = section.line_of(pipeline_id)
             self.check_id(pipeline_id, line, "pipeline")
+            if pipeline_id.startswith("_"):
+                self.fail(line, f'pipeline id "{pipeline_id}" must not start with "_": such '
+                          "subjects are the stream's own (the archive is events.v1._archive.*)")  # fmt: skip
             what = f'pipeline "{pipeline_id}"'
             fields: _Pipeline = self.convert(_Pipeline, body, what, line)
             self.check_references(fields, body, what, sources, dests)
+            self.check_backfill(fields, body, what, sources)
             pipelines[pipeline_id] = self.pipeline(pipeline_id, fields, body, dests)
         return pipelines
 
@@ -301,6 +241,17 @@ class _Loader:
                 body.line_of("to"), f'{what}: unknown destination "{fields.to}" (known: {known})'
             )
 
+    def check_backfill(
+        self, fields: _Pipeline, body: LineDict, what: str, sources: dict[str, Source]
+    ) -> None:
+        if fields.backfill is not None and not sources[fields.source].archive:
+            self.fail(
+                body.line_of("backfill"),
+                f'{what}: backfill replays the archive of source "{fields.source}", which keeps '
+                "none (archive: 0); give the source an archive (such as archive: 7d) or remove "
+                "backfill",
+            )
+
     def pipeline(
         self, pipeline_id: str, fields: _Pipeline, body: LineDict, dests: dict[str, Destination]
     ) -> Pipeline:
@@ -321,6 +272,7 @@ class _Loader:
             batch_max_wait=None if batch.max_wait is None else float(batch.max_wait),
             retry_window=retry_window,
             transform=self.steps(body, what),
+            backfill=None if fields.backfill is None else float(fields.backfill),
         )
 
     def steps(self, body: LineDict, what: str) -> tuple[Step, ...]:

@@ -20,6 +20,7 @@ from krenalis.sinks.base import SinkOptions
 from krenalis.transforms.spec import Step
 
 __all__ = [
+    "DEFAULT_ARCHIVE",
     "DEFAULT_RETRY_WINDOW",
     "ID_PATTERN",
     "MAX_SHARDS",
@@ -35,6 +36,8 @@ __all__ = [
 WAREHOUSE = "warehouse"
 #: How long a pipeline keeps retrying an event before dead-lettering it, unless configured.
 DEFAULT_RETRY_WINDOW = 4 * 3600.0
+#: Seconds a source's archive keeps its events, unless configured (``archive: 0``: none).
+DEFAULT_ARCHIVE = 7 * 86400.0
 #: Consumers per pipeline at most (events of one anonymousId always go to the same one).
 MAX_SHARDS = 16
 #: Source, destination and pipeline ids: they end up in NATS subjects and consumer names.
@@ -64,11 +67,15 @@ class Source:
     ``allowed_origins`` are the web pages' origins whose browsers may send its events
     ("https://shop.example.com", "https://*.example.com" for any subdomain), normalised:
     lower case, no default port. Empty: any origin.
+
+    ``archive`` is how long (seconds) the stream keeps a copy of each of its accepted events,
+    for replays and backfills; 0: no archive.
     """
 
     id: str
     write_key: str
     allowed_origins: tuple[str, ...] = ()
+    archive: float = DEFAULT_ARCHIVE
 
     def __repr__(self) -> str:
         return f"Source(id={self.id!r}, write_key='***')"
@@ -101,6 +108,8 @@ class Pipeline:
     ``batch_max_wait`` (seconds) are None when the file leaves them to the sink's defaults.
     ``retry_window`` (seconds) is resolved: the pipeline's, else its destination's, else 4h.
     ``transform`` holds the steps its worker runs on each event before the sink, in order.
+    ``backfill`` (seconds) asks, when the pipeline is created, for its source's archive of
+    that long before to be replayed into it, once (see :mod:`krenalis.worker.backfill`).
     """
 
     id: str
@@ -114,6 +123,7 @@ class Pipeline:
     batch_max_wait: float | None = None
     retry_window: float = DEFAULT_RETRY_WINDOW
     transform: tuple[Step, ...] = ()
+    backfill: float | None = None
 
     @property
     def to_warehouse(self) -> bool:

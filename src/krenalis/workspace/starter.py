@@ -73,6 +73,7 @@ sources:
   website:
     write_key: "{write_key}"
 #     allowed_origins: ["https://shop.example.com", "https://*.example.com"]  # only their pages
+#     archive: 7d                   # kept for `krenalis replay` and backfills (0: none)
 
 # Websites: `krenalis snippet` prints the HTML to paste into every page: Segment's standard
 # analytics.js snippet, which loads analytics.js and its settings from this collector and sends
@@ -109,6 +110,7 @@ pipelines:
 #       purposes: [marketing]
 #       operator: all                # all | any
 #     batch: {max_events: 100, max_wait: 1s}
+#     backfill: 2d                   # once, when created: the archive of two days before
 #   website-archive:
 #     source: website
 #     to: archive

@@ -8,8 +8,9 @@ silently. The bucket keeps the last 64 revisions (`history`, `rollback`).
 
 A revision holds the file's text as written: `${VAR}` references stay unexpanded in NATS and
 each process expands them with its own environment. It also holds the pipelines being retired
-(removed, or shards dropped) until their backlog is delivered or dead-lettered: see
-:mod:`krenalis.workspace.lifecycle`.
+(removed, or shards dropped) until their backlog is delivered or dead-lettered (see
+:mod:`krenalis.worker.retire`), and the backfills of new pipelines until they ran (see
+:mod:`krenalis.worker.backfill`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from nats.js.kv import KeyValue
 from krenalis.config import Settings
 from krenalis.errors import RevisionConflict
 
-__all__ = ["BUCKET", "Retirement", "Revision", "WorkspaceStore", "now", "who"]
+__all__ = ["BUCKET", "Backfill", "Retirement", "Revision", "WorkspaceStore", "now", "who"]
 
 log = logging.getLogger("krenalis.workspace")
 
@@ -59,12 +60,23 @@ class Retirement(msgspec.Struct, frozen=True):
     text: str
 
 
+class Backfill(msgspec.Struct, frozen=True):
+    """A new pipeline's backfill, waiting to run: its source's archive from ``since`` (epoch
+    seconds: when the pipeline was added, less its ``backfill``) is replayed into it once, as
+    the replay ``id`` (its record in the KRENALIS_REPLAYS bucket)."""
+
+    pipeline: str
+    id: str
+    since: float
+
+
 class _Stored(msgspec.Struct, frozen=True):
     text: str
     origin: str = ""
     applied_at: str = ""
     applied_by: str = ""
     retired: tuple[Retirement, ...] = ()
+    backfills: tuple[Backfill, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,17 +89,18 @@ class Revision:
     applied_at: str = ""
     applied_by: str = ""
     retired: tuple[Retirement, ...] = field(default_factory=tuple)
+    backfills: tuple[Backfill, ...] = field(default_factory=tuple)
 
     def encode(self) -> bytes:
-        stored = _Stored(self.text, self.origin, self.applied_at, self.applied_by, self.retired)
+        stored = _Stored(self.text, self.origin, self.applied_at, self.applied_by, self.retired,
+                         self.backfills)  # fmt: skip
         return msgspec.json.encode(stored)
 
     @classmethod
     def decode(cls, number: int, data: bytes) -> Revision:
         stored = msgspec.json.decode(data, type=_Stored)
-        return cls(
-            number, stored.text, stored.origin, stored.applied_at, stored.applied_by, stored.retired
-        )
+        return cls(number, stored.text, stored.origin, stored.applied_at, stored.applied_by,
+                   stored.retired, stored.backfills)  # fmt: skip
 
     def retirements_of(self, pipeline: str) -> list[Retirement]:
         return [r for r in self.retired if r.pipeline == pipeline]

@@ -12,6 +12,7 @@ type's ``decode`` classmethod. ``decode`` raises ValueError saying what the valu
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -30,6 +31,8 @@ __all__ = [
     "Headers",
     "HttpUrl",
     "NonEmptyStr",
+    "Origin",
+    "Retention",
     "SecretStr",
     "WriteKey",
     "dec_hook",
@@ -81,6 +84,27 @@ class Duration(float):
         if not (seconds > 0 and math.isfinite(seconds)):
             raise ValueError()
         return cls(seconds)
+
+
+class Retention(float):
+    """Seconds a source's archive keeps its events: "7d", "12h"... (whole seconds, at least
+    one: the stream's per-message TTL counts in seconds), or 0 for no archive."""
+
+    description: ClassVar[str] = (
+        "a duration of at least 1s such as 7d or 12h, or 0 to keep no archive"
+    )
+
+    @classmethod
+    def decode(cls, value: Any) -> Retention:
+        if value == 0 and not isinstance(value, bool) or value == "0":
+            return cls(0.0)
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            seconds = 0.0
+        if not (seconds >= 1 and math.isfinite(seconds)):
+            raise ValueError()
+        return cls(math.ceil(seconds))
 
 
 class HttpUrl(str):
@@ -184,6 +208,78 @@ class Headers(dict[str, str]):
             if "\r" in text or "\n" in text:
                 raise _Invalid(f'header "{name}" has a line break', name)
         return cls(value)
+
+
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class Origin(str):
+    """A web page's origin, as browsers send it in ``Origin``: scheme, host, optional port.
+    A first label "*" stands for any subdomain. Kept normalised (lower case, no default port),
+    as browsers write it, so that the collector compares strings."""
+
+    description: ClassVar[str] = (
+        "an origin such as https://shop.example.com or https://*.example.com"
+    )
+
+    @classmethod
+    def decode(cls, value: Any) -> Origin:
+        if not isinstance(value, str) or not value:
+            raise ValueError("a non-empty string")
+        origin, problem = _normal_origin(value)
+        if problem:
+            raise ValueError(f"{cls.description}; {problem}")
+        return cls(origin)
+
+
+def _normal_origin(text: str) -> tuple[str, str | None]:
+    """The origin ``text`` in its normal form, or the reason it is not one."""
+    if text == "*":
+        return "", "to allow every origin, leave allowed_origins out"
+    if any(c.isspace() for c in text):
+        return "", "it contains whitespace"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return "", "it is malformed"
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        return "", f'its scheme is "{parts.scheme}"' if parts.scheme else "it has no scheme"
+    if parts.path or parts.query or parts.fragment or text.endswith(("?", "#")):
+        return "", "it has a path: an origin ends after the host (and port)"
+    if "@" in parts.netloc:
+        return "", "it has a user name"
+    host, problem = _origin_host(parts.hostname or "")
+    if problem:
+        return "", problem
+    shown_port = f":{port}" if port is not None and port != _DEFAULT_PORTS[scheme] else ""
+    return f"{scheme}://{host}{shown_port}", None
+
+
+def _origin_host(host: str) -> tuple[str, str | None]:
+    if not host:
+        return "", "it has no host"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        return (f"[{host}]" if address.version == 6 else host), None
+    labels = host.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if not labels:
+            return "", 'it needs a domain after "*."'
+    if any("*" in label for label in labels):
+        return "", 'its "*" may only stand for the first label of the host, as in *.example.com'
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return "", (
+            "its host must be letters, digits, hyphens and dots "
+            "(an internationalised name in its xn-- form)"
+        )
+    return host, None
 
 
 def dec_hook(type_: type, value: Any) -> Any:
