@@ -297,9 +297,10 @@ class PipelineWorker:
     async def _settle(self, batch: list[Held], outcomes: list[Outcome]) -> None:
         done: set[int] = set()
         delivered: list[dict] = []
+        acks: list[Delivery] = []
         for held, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Delivered):
-                await held.delivery.ack()
+                acks.append(held.delivery)
                 delivered.extend(held.events)
                 done.add(id(held))
                 self._tell("delivered", held.events)
@@ -309,6 +310,7 @@ class PipelineWorker:
                 done.add(id(held))
             elif await self._schedule_retry(held, outcome):
                 done.add(id(held))
+        await self.consumer.ack_all(acks)
         self.held = [h for h in self.held if id(h) not in done]
         if delivered:
             count_delivered(self.pipeline, delivered)

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from krenalis.errors import InvalidRow
 from krenalis.sinks.base import DELIVERED, Event, Outcome, Rejected, Retry
+from krenalis.sinks.warehouse.rows import fast_row
 from krenalis.sinks.warehouse.schema import COLUMNS, KEY, Row, event_to_row, row_key
 
 __all__ = ["WarehouseSink", "is_retriable"]
@@ -101,7 +102,7 @@ class WarehouseSink:
         owners: dict[Key, list[int]] = {}
         for i, event in enumerate(events):
             try:
-                row = event_to_row(event)
+                row = fast_row(event) or event_to_row(event)
             except InvalidRow as exc:
                 outcomes[i] = Rejected(str(exc))
                 continue
