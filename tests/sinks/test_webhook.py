@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from urllib.parse import unquote
 
+import aiohttp
 import httpx
 import pytest
 
@@ -152,7 +153,7 @@ async def test_connection_refused_is_retried_without_leaking_the_query(make_sink
         (outcome,) = await sink.write([event(1)])
 
     assert isinstance(outcome, Retry)
-    assert "ConnectError" in outcome.reason and "127.0.0.1" in outcome.reason
+    assert "ClientConnectorError" in outcome.reason and "127.0.0.1" in outcome.reason
     assert "query-secret" not in outcome.reason
     assert "Webhook did not deliver" in caplog.text
     logged = caplog.text + str([r.__dict__ for r in caplog.records])
@@ -329,14 +330,16 @@ async def test_healthcheck_raises_when_unreachable(make_sink) -> None:
 
 
 async def test_aclose_closes_only_its_own_client(rx) -> None:
-    async with httpx.AsyncClient() as client:
-        shared = WebhookSink(WebhookOptions(url=rx.url), client=client)
+    async with aiohttp.ClientSession() as session:
+        shared = WebhookSink(WebhookOptions(url=rx.url), session=session)
         assert await shared.write([event(1)]) == [DELIVERED]
         await shared.aclose()
-        assert not client.is_closed
+        assert not session.closed
     own = WebhookSink(WebhookOptions(url=rx.url))
+    assert await own.write([event(1)]) == [DELIVERED]
+    assert not own.closed
     await own.aclose()
-    assert own._client.is_closed
+    assert own.closed
 
 
 def test_options_repr_masks_secrets() -> None:
@@ -460,3 +463,27 @@ def test_a_whsec_secret_must_hold_a_key(secret: str) -> None:
     assert not hidden or hidden not in str(info.value)  # the secret is never shown
     with pytest.raises(ValueError, match=r"secret\[1\]"):
         WebhookOptions(url="https://example.com/hook", secret=[SECRET, secret])
+
+
+async def test_the_proxy_the_environment_names_is_used_unless_no_proxy_leaves_the_host_out(
+    rx, monkeypatch
+) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", rx.base_url)  # the receiver plays the proxy
+    url = "http://hooks.example.invalid/hook"
+    sink = WebhookSink(WebhookOptions(url=url))
+    try:
+        assert await sink.write([event(1)]) == [DELIVERED]
+    finally:
+        await sink.aclose()
+    assert rx.requests[-1].headers["host"] == "hooks.example.invalid"
+
+    monkeypatch.setenv("NO_PROXY", "hooks.example.invalid")
+    direct = WebhookSink(WebhookOptions(url=url, timeout=Duration(3.0)))
+    try:
+        (outcome,) = await direct.write([event(2)])
+    finally:
+        await direct.aclose()
+    assert isinstance(outcome, Retry) and "hooks.example.invalid" in outcome.reason
+    assert len(rx.requests) == 1
