@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fixtures.nats_servers import connected
@@ -70,3 +71,38 @@ def test_message_ids_that_headers_would_alter_are_hashed():
     spaced, newline = message_id("a b", "p"), message_id("a\nb", "p")
     assert spaced != newline
     assert spaced.startswith("sha256:") and spaced.endswith("/p") and " " not in spaced
+
+
+async def test_small_requests_at_once_are_stored_together_each_with_its_own_acks(nats_settings):
+    conn = await connected(nats_settings, "p")
+    publisher = Publisher(conn.nc)
+    try:
+        requests = [copies(f"r{r}-{i}" for i in range(4)) for r in range(40)]
+        answers = await asyncio.gather(*(publisher.publish(r) for r in requests))
+        assert await stored(conn) == 160
+        batches = set()
+        for request, acks in zip(requests, answers, strict=True):
+            for copy, ack in zip(request, acks, strict=True):
+                msg = await conn.js.get_msg(STREAM, ack.seq)
+                assert msg.data == copy.data  # each request got the sequences of its copies
+                batches.add((msg.headers or {}).get("Nats-Batch-Id"))
+        # Alone, 4 copies go one by one; together they went in a few atomic batches.
+        assert None not in batches and len(batches) < 40
+    finally:
+        await conn.close()
+
+
+async def test_a_retried_request_in_a_group_costs_the_others_nothing(nats_settings):
+    conn = await connected(nats_settings, "p")
+    publisher = Publisher(conn.nc)
+    try:
+        first = await publisher.publish(copies(["x1", "x2", "x3"]))
+        requests = [copies(f"s{r}-{i}" for i in range(3)) for r in range(20)]
+        requests.insert(7, copies(["x1", "x2", "x3"]))  # a client's retry, in the middle
+        answers = await asyncio.gather(*(publisher.publish(r) for r in requests))
+        assert await stored(conn) == 3 + 60
+        assert [a.seq for a in answers[7]] == [a.seq for a in first]
+        assert all(a.duplicate for a in answers[7])
+        assert not any(a.duplicate for i, acks in enumerate(answers) if i != 7 for a in acks)
+    finally:
+        await conn.close()

@@ -11,11 +11,13 @@ per-message semaphore task, which cost about half of the publishing CPU: see ben
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,6 +49,11 @@ MAX_BATCH = 1000
 MIN_ATOMIC = 20
 #: Atomic batches in flight per process (the server allows 50 per stream).
 MAX_ATOMIC_IN_FLIGHT = 16
+#: Batches of grouped requests in flight per publisher. While they are, the requests that come
+#: meanwhile wait and go together in the next one: a stream commits a few hundred batches a
+#: second whatever their size (bench/RESULTS.md, section 4), so under load a few large batches
+#: store far more than one per request ("group commit", as databases do with their log).
+GROUPS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +183,11 @@ class Publisher:
         self.deadline = deadline
         # False once NATS has been gone for a while: stop retrying and let the caller answer 503.
         self.alive = alive or (lambda: True)
+        # Group commit: requests waiting for the next batch, and the batches in flight.
+        self._waiting: deque[tuple[list[OutMessage], asyncio.Future[list[PubAck]]]] = deque()
+        self._group_slots = asyncio.Semaphore(GROUPS_IN_FLIGHT)
+        self._grouping: asyncio.Task[None] | None = None
+        self._groups: set[asyncio.Task[None]] = set()
 
     async def publish(self, messages: list[OutMessage]) -> list[PubAck]:
         """Store every message; raise PublishError if some are still unstored at the deadline.
@@ -188,11 +200,66 @@ class Publisher:
         retried with the same id.
         """
         await self.inbox.start()
-        if not self.atomic or len(messages) < MIN_ATOMIC:
+        if not self.atomic:
             return await self._one_by_one(messages)
+        if len(messages) <= MAX_BATCH:
+            return await self._grouped(messages)
         chunks = [messages[i : i + MAX_BATCH] for i in range(0, len(messages), MAX_BATCH)]
         results = await asyncio.gather(*(self._atomic_or_one_by_one(c) for c in chunks))
         return [ack for acks in results for ack in acks]
+
+    async def _grouped(self, messages: list[OutMessage]) -> list[PubAck]:
+        """Store the messages in the next group's batch (see GROUPS_IN_FLIGHT)."""
+        future: asyncio.Future[list[PubAck]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((messages, future))
+        if self._grouping is None or self._grouping.done():
+            self._grouping = asyncio.create_task(self._send_groups(), name="publish-groups")
+        return await future
+
+    async def _send_groups(self) -> None:
+        while self._waiting:
+            await self._group_slots.acquire()
+            group: list[tuple[list[OutMessage], asyncio.Future[list[PubAck]]]] = []
+            size = 0
+            while self._waiting and size + len(self._waiting[0][0]) <= MAX_BATCH:
+                messages, future = self._waiting.popleft()
+                group.append((messages, future))
+                size += len(messages)
+            task = asyncio.create_task(self._send_group(group))
+            self._groups.add(task)
+            task.add_done_callback(self._groups.discard)
+
+    async def _send_group(
+        self, group: list[tuple[list[OutMessage], asyncio.Future[list[PubAck]]]]
+    ) -> None:
+        """One atomic batch of the group's requests; each request's acks to its future. A batch
+        refused (a duplicate id of a client's retry, an election) sends each request's copies
+        one by one, as a request alone would."""
+        try:
+            messages = [m for request, _ in group for m in request]
+            if len(messages) >= MIN_ATOMIC:
+                with contextlib.suppress(NatsError, TimeoutError, ConnectionError):
+                    async with self.atomic_slots:
+                        commit = await self._atomic(messages)
+                    seq = commit.seq - len(messages) + 1
+                    for request, future in group:
+                        acks = [
+                            PubAck(stream=commit.stream, seq=seq + i) for i in range(len(request))
+                        ]
+                        seq += len(request)
+                        _settle(future, acks)
+                    return
+            results = await asyncio.gather(
+                *(self._one_by_one(request) for request, _ in group), return_exceptions=True
+            )
+            for (_, future), result in zip(group, results, strict=True):
+                _settle(future, result)
+        except BaseException as exc:
+            for _, future in group:
+                _settle(future, exc)
+            raise
+        finally:
+            self._group_slots.release()
 
     async def _atomic_or_one_by_one(self, messages: list[OutMessage]) -> list[PubAck]:
         try:
@@ -275,6 +342,18 @@ class Publisher:
             else:
                 acks[i] = future.result()
         return sorted(failed), error
+
+
+def _settle(future: asyncio.Future[list[PubAck]], result: list[PubAck] | BaseException) -> None:
+    """Give a waiting request its acks or its error (unless it stopped waiting)."""
+    if future.done():
+        return
+    if isinstance(result, asyncio.CancelledError):
+        future.cancel()
+    elif isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def _api_error(error: dict) -> APIError:
