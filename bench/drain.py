@@ -1,107 +1,211 @@
-"""The warehouse worker alone: drain a stream filled beforehand, and its CPU per event.
+"""A pipeline's workers alone: drain a stream filled beforehand, and their CPU per event.
 
-Starts a nats-server (the embedded configuration: `sync_interval` always unless `--sync`) and an
-embedded PostgreSQL in a temporary directory, stores `--events` events of the load generator in
-their stream form (as the collector would: atomic batches of 100 with fsync always), then runs one
-`PipelineWorker` with the warehouse sink in this process until the consumer is empty. Prints the
-events/s and the CPU time of this process per event (the worker's cost without the collector's
-competition for the cores; nats-server and PostgreSQL run in their own processes).
+Starts a nats-server (the embedded configuration: `sync_interval` always unless `--sync`) and,
+for the warehouse, an embedded PostgreSQL (for webhooks, bench/receiver.py, which answers at
+once) in a temporary directory; stores `--events` events of the load generator in their stream
+form (as the collector would: atomic batches of 100 with fsync always) on `--shards` shards of
+one pipeline; then runs one worker process per shard (a `PipelineWorker` with the sink, as
+`krenalis worker` runs it) until the consumers are empty, and checks that the sink got every
+event once. Prints the events/s of all the workers together and the CPU time of each worker
+process per event it delivered (the workers' cost without the collector's competition for the
+cores; nats-server, PostgreSQL and the receiver run in their own processes).
 
-Run: python -m bench.drain [--events 60000] [--sync always|2m] [--repeat 3]
+`--shards 2` against `--shards 1` is the scale-out figure: two worker processes on one pipeline.
+
+Run: python -m bench.drain [--events 60000] [--sink warehouse|webhook] [--shards 1]
+     [--sync always|2m] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import multiprocessing
+import statistics
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
+PIPELINE = "wh"
 
-async def drain_once(url: str, dsn: str, events: int, sync: str) -> tuple[float, float]:
-    """(events/s, CPU microseconds per event) of one drain of `events` fresh events."""
+
+async def fill(url: str, events: int, shards: int) -> None:
+    """A fresh EVENTS stream holding `events` copies for the pipeline, spread over its shards."""
     from bench.baseline import payloads
     from krenalis.config import load_settings
-    from krenalis.sinks.warehouse import WarehouseSink, init_db
     from krenalis.stream.connection import NatsConnection
-    from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer, ensure_streams
+    from krenalis.stream.layout import STREAM, ensure_consumer, ensure_streams
     from krenalis.stream.publisher import Publisher, copy_for
-    from krenalis.worker.pipeline import PipelineWorker
 
-    env = {"KRENALIS_NATS_URL": url, "KRENALIS_NATS_SYNC_INTERVAL": sync}
-    settings = load_settings(env, env_file=None)
-    await init_db(dsn)
+    settings = load_settings({"KRENALIS_NATS_URL": url}, env_file=None)
     conn = NatsConnection(settings)
     await conn.connect(timeout=10)
     try:
+        with contextlib.suppress(Exception):  # none yet
+            await conn.js.delete_stream(STREAM)
         await ensure_streams(conn.js, settings)
-        await ensure_consumer(conn.js, "wh", 0, 30)
+        for shard in range(shards):
+            await ensure_consumer(conn.js, PIPELINE, shard, 30)
         stored = payloads(events)
-        publisher = Publisher(conn.nc, atomic=settings.nats_sync_interval == "always")
+        publisher = Publisher(conn.nc)
         for start in range(0, events, 100):
             chunk = stored[start : start + 100]
-            await publisher.publish([copy_for("wh", 0, data, mid) for data, mid in chunk])
-        worker = PipelineWorker(conn.js, "wh", WarehouseSink(dsn))
+            copies = [copy_for(PIPELINE, (start // 100) % shards, d, m) for d, m in chunk]
+            await publisher.publish(copies)
+    finally:
+        await conn.close()
+
+
+def _worker_process(url: str, sink: dict[str, str], shard: int, go: Any, out: Any) -> None:
+    """One worker process: wait for `go`, drain the shard, put (seconds, CPU s, error)."""
+    import uvloop
+
+    out.put(uvloop.run(_drain_shard(url, sink, shard, go)))
+
+
+async def _drain_shard(url: str, sink_spec: dict[str, str], shard: int, go: Any) -> tuple:
+    from krenalis.config import load_settings
+    from krenalis.sinks.warehouse import WarehouseSink
+    from krenalis.sinks.webhook import WebhookOptions, WebhookSink
+    from krenalis.stream.connection import NatsConnection
+    from krenalis.stream.layout import STREAM, consumer_name
+    from krenalis.worker.pipeline import PipelineWorker
+
+    conn = NatsConnection(load_settings({"KRENALIS_NATS_URL": url}, env_file=None))
+    await conn.connect(timeout=10)
+    if sink_spec["kind"] == "warehouse":
+        sink: Any = WarehouseSink(sink_spec["dsn"])
+    else:
+        sink = WebhookSink(WebhookOptions(url=sink_spec["url"]))  # type: ignore[arg-type]
+    try:
+        while not go.is_set():  # every process connected before the clock starts
+            await asyncio.sleep(0.01)
+        worker = PipelineWorker(conn.js, PIPELINE, sink, shard=shard)
         started, cpu = time.perf_counter(), time.process_time()
         task = asyncio.create_task(worker.run())
-        deadline = started + 30 + events / 1000  # far beyond any drain seen here
-        while True:
-            await asyncio.sleep(0.1)
-            info = await conn.js.consumer_info(STREAM, consumer_name("wh"))
+        deadline = started + 120
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+            info = await conn.js.consumer_info(STREAM, consumer_name(PIPELINE, shard))
             if not info.num_pending and not info.num_ack_pending:
                 break
-            if time.perf_counter() > deadline:
-                worker.stop()
-                raise SystemExit(f"not drained in time; last error: {worker.last_error or '-'}")
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         worker.stop()
         await task
-        if worker.last_error:
-            raise SystemExit(f"the warehouse refused the events: {worker.last_error}")
-        return events / elapsed, cpu / events * 1e6
+        return elapsed, cpu, worker.last_error or ""
     finally:
+        await sink.aclose()
         await conn.close()
+
+
+def drain_once(url: str, sink: dict[str, str], events: int, shards: int) -> dict[str, float]:
+    """One drain of `events` fresh events by `shards` worker processes."""
+    import uvloop
+
+    uvloop.run(fill(url, events, shards))
+    ctx = multiprocessing.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    children = [
+        ctx.Process(target=_worker_process, args=(url, sink, shard, go, out))
+        for shard in range(shards)
+    ]
+    for child in children:
+        child.start()
+    time.sleep(2.0)  # imports and connections
+    go.set()
+    results = [out.get(timeout=180) for _ in children]
+    for child in children:
+        child.join(10)
+    errors = [r[2] for r in results if r[2]]
+    if errors:
+        raise SystemExit(f"the sink refused events: {errors[0]}")
+    elapsed = max(r[0] for r in results)
+    cpu = sum(r[1] for r in results)
+    return {"events_per_s": events / elapsed, "us_per_event": cpu / events * 1e6}
+
+
+def _count_webhook(receiver_url: str) -> tuple[int, int]:
+    """(events received, distinct messageIds) so far."""
+    with urllib.request.urlopen(receiver_url.replace("/hook", "/count"), timeout=10) as resp:
+        counts = json.loads(resp.read())
+    return int(counts["events"]), int(counts["unique"])
+
+
+async def _count_warehouse(dsn: str) -> int:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT count(*) FROM krenalis_events")
+        row = await cur.fetchone()
+        await conn.execute("TRUNCATE krenalis_events")
+        await conn.commit()
+        return int(row[0]) if row else 0
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=60_000)
+    p.add_argument("--sink", choices=("warehouse", "webhook"), default="warehouse")
+    p.add_argument("--shards", type=int, default=1, help="shards, one worker process each")
     p.add_argument("--sync", default="always", help="the nats-server's sync_interval")
     p.add_argument("--repeat", type=int, default=3, help="drains, each on a fresh stream")
     args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="krenalis-drain-") as tmp:
+        rows = _run(args, Path(tmp))
+    rates = [r["events_per_s"] for r in rows]
+    cpu = [r["us_per_event"] for r in rows]
+    print(f"median: {statistics.median(rates):,.0f} ev/s, worker CPU "
+          f"{statistics.median(cpu):.1f} us/event", flush=True)  # fmt: skip
+
+
+def _run(args: argparse.Namespace, root: Path) -> list[dict[str, float]]:
     import uvloop
 
+    from bench.stacks import Receiver
     from krenalis.runtime.nats_server import EmbeddedNats
-    from krenalis.sinks.warehouse import EmbeddedPostgres
+    from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
 
-    with tempfile.TemporaryDirectory(prefix="krenalis-drain-") as tmp:
-        root = Path(tmp)
-        nats = EmbeddedNats(root / "nats", sync_interval=args.sync)
-        nats.start()
-        try:
-            with EmbeddedPostgres(root / "postgres") as pg:
-                for n in range(args.repeat):
-                    rate, us = uvloop.run(drain_once(nats.url, pg.dsn, args.events, args.sync))
-                    print(f"drain {n + 1}: {args.events:,} events, {rate:,.0f} ev/s, "
-                          f"worker CPU {us:.1f} us/event (sync {args.sync})", flush=True)  # fmt: skip
-                    uvloop.run(_delete_stream(nats.url))
-        finally:
-            nats.stop()
-
-
-async def _delete_stream(url: str) -> None:
-    import nats
-
-    from krenalis.stream.layout import STREAM
-
-    nc = await nats.connect(url)
+    nats = EmbeddedNats(root / "nats", sync_interval=args.sync)
+    nats.start()
+    pg = rx = None
+    rows = []
     try:
-        await nc.jetstream().delete_stream(STREAM)
+        if args.sink == "warehouse":
+            pg = EmbeddedPostgres(root / "postgres").__enter__()
+            uvloop.run(init_db(pg.dsn))
+            sink = {"kind": "warehouse", "dsn": pg.dsn}
+        else:
+            rx = Receiver(root / "receiver")
+            rx.start()
+            sink = {"kind": "webhook", "url": rx.url}
+        for n in range(args.repeat):
+            before = _count_webhook(rx.url) if rx is not None else (0, 0)
+            row = drain_once(nats.url, sink, args.events, args.shards)
+            if pg is not None:
+                got = (uvloop.run(_count_warehouse(pg.dsn)),) * 2
+            else:
+                after = _count_webhook(rx.url)  # type: ignore[union-attr]
+                got = (after[0] - before[0], after[1] - before[1])
+            if got != (args.events, args.events):
+                raise SystemExit(f"drain {n + 1}: the sink got {got[0]} events ({got[1]} "
+                                 f"distinct) of {args.events}")  # fmt: skip
+            rows.append(row)
+            print(f"drain {n + 1}: {args.events:,} events to the {args.sink}, {args.shards} "
+                  f"worker process(es): {row['events_per_s']:,.0f} ev/s, worker CPU "
+                  f"{row['us_per_event']:.1f} us/event (sync {args.sync})", flush=True)  # fmt: skip
     finally:
-        await nc.close()
+        if rx is not None:
+            rx.stop()
+        if pg is not None:
+            pg.__exit__(None, None, None)
+        nats.stop()
+    return rows
 
 
 if __name__ == "__main__":

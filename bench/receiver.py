@@ -134,6 +134,8 @@ class _Protocol(asyncio.Protocol):
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
             )
             self.transport.write(head % len(payload) + payload)
+        elif method == b"HEAD":  # a HEAD answer has no body, whatever its length says
+            self.transport.write(_OK_EMPTY.split(b"\r\n\r\n")[0] + b"\r\n\r\n")
         else:
             if method == b"POST":
                 self.stats.record(body)

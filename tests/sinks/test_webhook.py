@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -487,3 +490,32 @@ async def test_the_proxy_the_environment_names_is_used_unless_no_proxy_leaves_th
         await direct.aclose()
     assert isinstance(outcome, Retry) and "hooks.example.invalid" in outcome.reason
     assert len(rx.requests) == 1
+
+
+async def test_a_head_answered_with_a_body_does_not_spoil_the_next_post() -> None:
+    """Some receivers answer the healthcheck's HEAD with a body: those bytes must not be read
+    as the answer of the POST that reuses the connection."""
+    posts: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                body = await reader.readexactly(int(length.group(1))) if length else b""
+                if head.startswith(b"POST"):
+                    posts.append(body)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")  # HEAD too
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = WebhookSink(WebhookOptions(url=f"http://127.0.0.1:{port}/hook", max_concurrency=1))
+    try:
+        await sink.healthcheck()
+        assert await sink.write([event(1), event(2)]) == [DELIVERED, DELIVERED]
+        assert len(posts) == 2
+    finally:
+        await sink.aclose()
+        server.close()
+        await server.wait_closed()

@@ -340,10 +340,14 @@ class WebhookSink:
                     headers={"User-Agent": USER_AGENT},
                     allow_redirects=False,
                     proxy=self._proxy,
-                ):
-                    pass
+                ) as response:
+                    # Not back to the pool: a receiver that wrongly answers HEAD with a body
+                    # would leave it in the connection, in front of the next POST's answer.
+                    response.close()
         except TimeoutError as exc:
             raise ConnectionError(f"no answer from {self._parts.hostname}") from exc
+        except aiohttp.ClientResponseError:
+            return  # it answered, if not by the book (a HEAD answered with a body): reachable
         except aiohttp.ClientError as exc:
             raise ConnectionError(_transport_reason(exc, self._parts)) from exc
 
