@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 PIPELINE = "wh"
 
@@ -157,26 +157,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=3, help="drains, each on a fresh stream")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="krenalis-drain-") as tmp:
-        rows = _run(args, Path(tmp))
+        rows = run(Path(tmp), args.sink, args.events, args.shards, args.sync, args.repeat)
     rates = [r["events_per_s"] for r in rows]
     cpu = [r["us_per_event"] for r in rows]
     print(f"median: {statistics.median(rates):,.0f} ev/s, worker CPU "
           f"{statistics.median(cpu):.1f} us/event", flush=True)  # fmt: skip
 
 
-def _run(args: argparse.Namespace, root: Path) -> list[dict[str, float]]:
+def run(
+    root: Path, sink_kind: str, events: int, shards: int, sync: str = "always", repeat: int = 1
+) -> list[dict[str, float]]:
+    """`repeat` drains of `events` events into `sink_kind` by `shards` worker processes, with
+    servers of their own under `root`; one row (events/s, us/event) per drain."""
     import uvloop
 
     from bench.stacks import Receiver
     from krenalis.runtime.nats_server import EmbeddedNats
     from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
 
-    nats = EmbeddedNats(root / "nats", sync_interval=args.sync)
+    nats = EmbeddedNats(root / "nats", sync_interval=sync)
     nats.start()
     pg = rx = None
     rows = []
     try:
-        if args.sink == "warehouse":
+        if sink_kind == "warehouse":
             pg = EmbeddedPostgres(root / "postgres").__enter__()
             uvloop.run(init_db(pg.dsn))
             sink = {"kind": "warehouse", "dsn": pg.dsn}
@@ -184,21 +188,21 @@ def _run(args: argparse.Namespace, root: Path) -> list[dict[str, float]]:
             rx = Receiver(root / "receiver")
             rx.start()
             sink = {"kind": "webhook", "url": rx.url}
-        for n in range(args.repeat):
+        for n in range(repeat):
             before = _count_webhook(rx.url) if rx is not None else (0, 0)
-            row = drain_once(nats.url, sink, args.events, args.shards)
+            row = drain_once(nats.url, sink, events, shards)
             if pg is not None:
                 got = (uvloop.run(_count_warehouse(pg.dsn)),) * 2
             else:
                 after = _count_webhook(rx.url)  # type: ignore[union-attr]
                 got = (after[0] - before[0], after[1] - before[1])
-            if got != (args.events, args.events):
+            if got != (events, events):
                 raise SystemExit(f"drain {n + 1}: the sink got {got[0]} events ({got[1]} "
-                                 f"distinct) of {args.events}")  # fmt: skip
+                                 f"distinct) of {events}")  # fmt: skip
             rows.append(row)
-            print(f"drain {n + 1}: {args.events:,} events to the {args.sink}, {args.shards} "
+            print(f"drain {n + 1}: {events:,} events to the {sink_kind}, {shards} "
                   f"worker process(es): {row['events_per_s']:,.0f} ev/s, worker CPU "
-                  f"{row['us_per_event']:.1f} us/event (sync {args.sync})", flush=True)  # fmt: skip
+                  f"{row['us_per_event']:.1f} us/event (sync {sync})", flush=True)  # fmt: skip
     finally:
         if rx is not None:
             rx.stop()

@@ -193,6 +193,102 @@ def _goals(add, rows: list[dict], opts) -> None:
     add("")
 
 
+def _best_raw(row: dict) -> float:
+    """The faster raw nats-py mode's msgs/s in the row's baseline (0 without one)."""
+    base = row.get("baseline") or {}
+    return max(base.get("msgs_per_s") or 0, (base.get("atomic") or {}).get("msgs_per_s") or 0)
+
+
+def _performance_goals(add, runner, opts) -> None:
+    """The goals of issue 16 ("twice the events per core"), each with its figure and the raw
+    baseline of the same run where there is one."""
+    rows, drains = runner.rows, runner.drain_rows
+    out: list[tuple[str, str, str, bool | None]] = []
+
+    def raw(row: dict) -> str:
+        best = _best_raw(row)
+        return f"raw nats-py, best mode: {best:,.0f} msgs/s" if best else "-"
+
+    for r in rows:
+        if r["scenario"] != "warehouse" or r.get("rate") or "fsync always" not in r["variant"]:
+            continue
+        s = r["sinks"]["warehouse"]
+        n = r["load"]["events_per_s"] * r["duration"]
+        capacity = n / (r["duration"] + (s.get("drain_s") or 0))
+        whole = s.get("drained") and s.get("count", 0) >= r["load"]["accepted_total"]
+        out.append(("serve end to end >= 15,000 ev/s (accepted to committed, burst >= 100,000)",
+                    f"{n:,.0f} events in {r['duration']:.0f} s + drain {s.get('drain_s') or 0:.1f}"
+                    f" s: {capacity:,.0f} ev/s; every event committed: {'yes' if whole else 'no'}",
+                    raw(r), capacity >= 15000 and n >= 100_000 and bool(whole)))  # fmt: skip
+        rss = (r["rss"].get("krenalis") or 0) / 2**20
+        out.append(("all Krenalis processes <= 300 MB RSS after the burst",
+                    f"{rss:,.0f} MiB (peak during the burst)", "-", rss <= 300))  # fmt: skip
+    for r in rows:
+        if (
+            r["scenario"] == "warehouse"
+            and r.get("rate") == opts.sustained_rate
+            and ("fsync always" in r["variant"])
+        ):
+            s = r["sinks"]["warehouse"]
+            p99 = s.get("e2e_p99_s")
+            ok = (p99 is not None and p99 < 1.0
+                  and min(r["load"]["events_per_s"], s["delivered_per_s"]) >= 0.98 * r["rate"])  # fmt: skip
+            out.append((f"{opts.sustained_rate:,.0f} ev/s held {r['duration']:.0f} s, p99 < 1 s",
+                        f"{r['load']['events_per_s']:,.0f} accepted, {s['delivered_per_s']:,.0f} "
+                        f"delivered ev/s, p99 {_s_ms(p99)} ms", "-", ok))  # fmt: skip
+    for r in rows:
+        if r["scenario"] != "ingest" or r.get("collectors") != 1:
+            continue
+        ev = r["load"]["events_per_s"]
+        if r["batch"] == 100 and _best_raw(r):
+            ratio = ev * r.get("copies", 1) / _best_raw(r)
+            out.append(("collector >= 0.8x the best raw nats-py mode, batches of 100",
+                        f"{ev:,.0f} ev/s = {ev * r.get('copies', 1):,.0f} copies/s: "
+                        f"{ratio:.2f}x", raw(r), ratio >= 0.8))  # fmt: skip
+        if r["batch"] == 10:
+            out.append(("collector >= 8,000 ev/s, batches of 10", f"{ev:,.0f} ev/s", raw(r),
+                        ev >= 8000))  # fmt: skip
+    one = {(d["sink"], d["shards"]): d for d in drains}
+    if ("warehouse", 1) in one:
+        d = one["warehouse", 1]
+        out.append(("worker <= 30 us CPU per event into the warehouse (bench.drain)",
+                    f"{d['us_per_event']:.1f} us/event, {d['events_per_s']:,.0f} ev/s (median "
+                    f"of {len(d.get('rounds', [1]))})", "-",
+                    d["us_per_event"] <= 30))  # fmt: skip
+    if ("webhook", 1) in one:
+        d = one["webhook", 1]
+        out.append(("webhook >= 3,000 ev/s per worker process, one POST per event",
+                    f"{d['events_per_s']:,.0f} ev/s ({d['us_per_event']:.0f} us CPU/event)", "-",
+                    d["events_per_s"] >= 3000))  # fmt: skip
+    if ("warehouse", 1) in one and ("warehouse", 2) in one:
+        ratio = one["warehouse", 2]["events_per_s"] / one["warehouse", 1]["events_per_s"]
+        out.append(("2 worker processes, shards: 2 >= 1.7x one (stream pre-filled)",
+                    f"{one['warehouse', 2]['events_per_s']:,.0f} against "
+                    f"{one['warehouse', 1]['events_per_s']:,.0f} ev/s: {ratio:.2f}x", "-",
+                    ratio >= 1.7))  # fmt: skip
+    for r in rows:
+        if r["scenario"] == "cluster R3":
+            single = next((x for x in rows if x["scenario"] == "warehouse" and not x.get("rate")
+                           and "sync 2m" in x["variant"]), None)  # fmt: skip
+            beside = (
+                f"; single node, sync 2m: {single['load']['events_per_s']:,.0f}" if single else ""
+            )
+            out.append(("a 3-node cluster figure beside the single-node one",
+                        f"{r['load']['events_per_s']:,.0f} accepted, "
+                        f"{r['sinks']['warehouse']['delivered_per_s']:,.0f} delivered ev/s{beside}",
+                        raw(r), None))  # fmt: skip
+    if not out:
+        return
+    add("## Goals of issue 16: twice the events per core")
+    add("")
+    add("| goal | measured | raw baseline, same run | met |")
+    add("|---|---|---|---|")
+    for goal, measured, base, ok in out:
+        met = "-" if ok is None else "met" if ok else "**not met**"
+        add(f"| {goal} | {measured} | {base} | {met} |")
+    add("")
+
+
 def write_report(path: Path, runner, opts, *, command: str, elapsed: float) -> None:
     rows = runner.rows
     vm = psutil.virtual_memory()
@@ -267,6 +363,7 @@ def write_report(path: Path, runner, opts, *, command: str, elapsed: float) -> N
         add("")
 
     _goals(add, rows, opts)
+    _performance_goals(add, runner, opts)
 
     # -- self-test
     sel = [r for r in rows if r["scenario"] == "selftest"]
@@ -429,6 +526,11 @@ def write_report(path: Path, runner, opts, *, command: str, elapsed: float) -> N
     add("")
     add(METHOD.strip())
     add("")
+    # Figures of the other bench scripts (bench.drain, bench.archive, ...), kept by hand.
+    measured = Path(__file__).with_name("MEASURED.md")
+    if measured.exists():
+        add(measured.read_text().strip())
+        add("")
     path.write_text("\n".join(lines))
 
 

@@ -49,7 +49,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--event-size", type=int, help="bytes per event (default ~400)")
     p.add_argument("--latency-rate", type=float, help="events/s of the warehouse latency run")
     p.add_argument("--sustained-rate", type=float,
-                   help="events/s the warehouse must keep up with (default 10,000)")  # fmt: skip
+                   help="events/s the warehouse must keep up with (default 12,000)")  # fmt: skip
     p.add_argument("--sustained-duration", type=float,
                    help="measured seconds of the sustained warehouse run (default 60)")  # fmt: skip
     p.add_argument(
@@ -110,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
         elapsed = time.time() - started
-        if runner.rows or runner.extra_rows:
+        if runner.rows or runner.extra_rows or runner.drain_rows:
             cmd = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
             write_report(args.output, runner, opts, command=cmd.strip(), elapsed=elapsed)
             (args.output.with_suffix(".json")).write_text(
                 json.dumps(
-                    {"rows": runner.rows, "nats_modes": runner.extra_rows, "notes": runner.notes},
+                    {
+                        "rows": runner.rows,
+                        "nats_modes": runner.extra_rows,
+                        "drain": runner.drain_rows,
+                        "notes": runner.notes,
+                    },  # fmt: skip
                     indent=1,
                     default=str,
                 )

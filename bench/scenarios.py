@@ -51,7 +51,7 @@ class Options:
     baseline_seconds: float = 3.0
     latency_rate: float = 5000.0
     #: The throughput goal: held for sustained_duration, delivery must keep up.
-    sustained_rate: float = 10000.0
+    sustained_rate: float = 12000.0
     sustained_duration: float = 60.0
     drain_timeout: float = 120.0
     #: Before each phase, wait up to this long for other users' processes to calm down.
@@ -65,6 +65,8 @@ class Runner:
     write_key: str = ""
     rows: list[dict] = field(default_factory=list)
     extra_rows: list[dict] = field(default_factory=list)
+    #: bench.drain's rows: the workers alone on a filled stream.
+    drain_rows: list[dict] = field(default_factory=list)
     fsync_rate: float = 0.0
     commit_start: str = ""
     notes: list[str] = field(default_factory=list)
@@ -121,7 +123,8 @@ class Runner:
         nats_procs: Callable | None = None,
         receiver: Receiver | None = None,
         probes: tuple = (),
-        copies: int = 1,
+        # Stored messages per event: its pipeline's copy and its source's archive copy.
+        copies: int = 2,
         expected_before: int = 0,
         client: str = "raw",
         extra: dict | None = None,
@@ -469,7 +472,7 @@ class Runner:
                 row = self.measure(
                     scenario="three pipelines", variant="serve, fsync always, warehouse + webhook + file",
                     url=stack.url, duration=o.short_duration, stack=stack, receiver=rx,
-                    probes=probes, copies=3, extra={"sync": "always"},
+                    probes=probes, copies=4, extra={"sync": "always"},
                 )  # fmt: skip
                 self.baseline([row], stack.nats_urls, ["wh", "hook", "archive"])
             finally:
@@ -542,6 +545,23 @@ def nats_level(runner: Runner) -> None:
             nats.stop()
 
 
+def drain(runner: Runner) -> None:
+    """The workers alone on a filled stream (bench.drain): the warehouse with one worker process
+    and with two on two shards (scale-out), and webhooks one POST per event."""
+    from bench.drain import run
+
+    events = 30_000 if runner.opts.quick else 60_000
+    repeat = 1 if runner.opts.quick else 3
+    for sink, shards, count in (("warehouse", 1, events), ("warehouse", 2, events),
+                                ("webhook", 1, events // 2)):  # fmt: skip
+        runner._wait_quiet()
+        runner.log(f"  drain: {count:,} events to the {sink}, {shards} worker process(es)")
+        rows = run(runner.dir(f"drain-{sink}-{shards}"), sink, count, shards, repeat=repeat)
+        row = sorted(rows, key=lambda r: r["events_per_s"])[len(rows) // 2]  # the median
+        runner.drain_rows.append({"sink": sink, "shards": shards, "events": count,
+                                  "rounds": [r["events_per_s"] for r in rows], **row})  # fmt: skip
+
+
 SCENARIOS: dict[str, Callable[[Runner], None]] = {
     "selftest": Runner.selftest,
     "ingest": lambda r: r.ingest("always"),
@@ -551,6 +571,7 @@ SCENARIOS: dict[str, Callable[[Runner], None]] = {
     "three": Runner.three,
     "cluster": Runner.cluster,
     "nats": nats_level,
+    "drain": drain,
 }
 QUICK = ["selftest", "ingest", "ingest-relaxed", "warehouse"]
 
