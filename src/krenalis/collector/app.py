@@ -97,7 +97,6 @@ class Collector:
         self.publisher = Publisher(
             conn.nc,
             alive=lambda: conn.down_for() < 1.0,
-            atomic=conn.settings.nats_sync_interval == "always",
         )
         self.settings = conn.settings
         self.tail = CollectorTail()

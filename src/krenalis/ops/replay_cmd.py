@@ -103,7 +103,7 @@ async def _replay(
     with _ProgressBar(state) as bar:
         run = Replay(
             conn.nc, state, pipeline, extra=extra, store=None if args.dry_run else store,
-            revision=revision, atomic=settings.nats_sync_interval == "always",
+            revision=revision,
             rate=args.rate, on_progress=bar.update,
         )  # fmt: skip
         try:

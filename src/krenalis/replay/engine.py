@@ -32,7 +32,7 @@ from krenalis.workspace.model import Pipeline
 
 __all__ = ["Progress", "Replay", "replay_message_id"]
 
-#: Copies published at once (an atomic batch on a server that fsyncs every write).
+#: Copies published at once (an atomic batch).
 CHUNK = 500
 #: Seconds between two checkpoints while reading copies that do not match.
 CHECKPOINT_EVERY = 1.0
@@ -71,7 +71,6 @@ class Replay:
         extra: Filter | None = None,
         store: ReplayStore | None = None,
         revision: int = 0,
-        atomic: bool = True,
         rate: float | None = None,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
@@ -81,7 +80,7 @@ class Replay:
         # None: a dry run, nothing published and nothing recorded.
         self.store = store
         self.revision = revision
-        self.publisher = Publisher(nc, atomic=atomic, deadline=30.0)
+        self.publisher = Publisher(nc, deadline=30.0)
         self.rate = rate
         self.on_progress = on_progress or (lambda _: None)
         self.admit = _combined(admission(pipeline.filter, pipeline.consents), extra)

@@ -89,7 +89,6 @@ class Backfiller:
                  extra={"pipeline": pipeline.id, "replay": state.id, "from_seq": state.next_seq})  # fmt: skip
         replay = Replay(
             self.nc, state, pipeline, store=self.replays, revision=record,
-            atomic=self.settings.nats_sync_interval == "always",
         )  # fmt: skip
         try:
             done = await replay.run()

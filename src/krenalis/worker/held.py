@@ -3,7 +3,6 @@ answers per event become one outcome per message (:mod:`krenalis.worker.pipeline
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,9 +75,22 @@ def count_delivered(pipeline: str, events: list[dict]) -> None:
     metrics.DELIVERED.labels(pipeline).inc(len(events))
     latency = metrics.E2E_LATENCY.labels(pipeline)
     now = time.time()
+    # The events of one request share their receivedAt: each text is read once per batch.
+    waited: dict[str, float | None] = {}
     for event in events:
         received = event.get("receivedAt")
-        if isinstance(received, str):
-            with contextlib.suppress(ValueError):
-                at = datetime.fromisoformat(received).replace(tzinfo=UTC).timestamp()
-                latency.observe(max(0.0, now - at))
+        if not isinstance(received, str):
+            continue
+        seconds = waited.get(received, -1.0)
+        if seconds == -1.0:
+            seconds = waited[received] = _seconds_since(received, now)
+        if seconds is not None:
+            latency.observe(seconds)
+
+
+def _seconds_since(received: str, now: float) -> float | None:
+    try:
+        at = datetime.fromisoformat(received).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+    return max(0.0, now - at)
