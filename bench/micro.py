@@ -1,0 +1,167 @@
+"""Small side-by-side measurements behind single changes (bench/RESULTS.md, "Performance").
+
+- `fetch`: fetch + ack of a filled stream with nats-py's pull fetch, with and without
+  :func:`krenalis.stream.client.lean_next_msg`, alternating.
+- `http`: one POST per event to bench/receiver.py, 8 at a time: httpx, aiohttp, and the webhook
+  sink, alternating; requests/s and this process's CPU per request.
+- `rows`: the warehouse's careful row (`schema.event_to_row`) against the fast one
+  (`rows.fast_row`), per event, on the load generator's events.
+
+Run: python -m bench.micro fetch|http|rows [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import tempfile
+import time
+import timeit
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+async def _fetch_once(url: str, lean: bool, count: int) -> tuple[float, float]:
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+    from krenalis.stream.client import lean_next_msg
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    with contextlib.suppress(Exception):  # none yet
+        await js.delete_stream("MICRO")
+    await js.add_stream(StreamConfig(name="MICRO", subjects=["micro.>"]))
+    for _ in range(0, count, 500):
+        acks = [await js.publish_async("micro.1", b"x" * 700) for _ in range(500)]
+        await asyncio.gather(*acks)
+    config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10000)
+    await js.add_consumer("MICRO", config)
+    sub = await js.pull_subscribe_bind("c", stream="MICRO")
+    if lean:
+        lean_next_msg(sub._sub)
+    got, started, cpu = 0, time.perf_counter(), time.process_time()
+    while got < count:
+        msgs = await sub.fetch(1000, timeout=2)
+        for msg in msgs:
+            await msg.ack()
+        got += len(msgs)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await nc.close()
+    return count / elapsed, cpu / count * 1e6
+
+
+def fetch(rounds: int) -> None:
+    import uvloop
+
+    from krenalis.runtime.nats_server import EmbeddedNats
+
+    with tempfile.TemporaryDirectory(prefix="krenalis-micro-") as tmp:
+        server = EmbeddedNats(Path(tmp) / "nats", sync_interval="2m")
+        server.start()
+        try:
+            for _ in range(rounds):
+                for lean in (False, True):
+                    rate, us = uvloop.run(_fetch_once(server.url, lean, 50_000))
+                    name = "lean next_msg" if lean else "nats-py next_msg"
+                    print(f"fetch + ack, {name}: {rate:,.0f} msgs/s, {us:.1f} us CPU/msg")
+        finally:
+            server.stop()
+
+
+_EVENT = b'{"type":"track","messageId":"m","userId":"u","properties":{"a":1}}'
+
+
+async def _httpx(url: str, count: int) -> None:
+    import httpx
+
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+        gate = asyncio.Semaphore(8)
+
+        async def one() -> None:
+            async with gate:
+                response = await client.post(url, content=_EVENT)
+                await response.aread()
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def _aiohttp(url: str, count: int) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as session:
+        gate = asyncio.Semaphore(8)
+
+        async def one() -> None:
+            async with gate, session.post(url, data=_EVENT) as response:
+                await response.read()
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def _sink(url: str, count: int) -> None:
+    from krenalis.sinks.webhook import WebhookOptions, WebhookSink
+
+    sink = WebhookSink(WebhookOptions(url=url))  # type: ignore[arg-type]
+    events = [{"type": "track", "messageId": f"m{i}", "userId": f"u{i % 50}",
+               "connectionId": "c", "properties": {"a": 1}} for i in range(count)]  # fmt: skip
+    try:
+        for start in range(0, count, 500):
+            await sink.write(events[start : start + 500])
+    finally:
+        await sink.aclose()
+
+
+def http(rounds: int) -> None:
+    import uvloop
+
+    from bench import procs
+    from bench.stacks import Receiver
+
+    with tempfile.TemporaryDirectory(prefix="krenalis-micro-") as tmp:
+        rx = Receiver(Path(tmp))
+        rx.start()
+        try:
+            for _ in range(rounds):
+                for name, run in (("httpx", _httpx), ("aiohttp", _aiohttp), ("sink", _sink)):
+                    started, cpu = time.perf_counter(), time.process_time()
+                    uvloop.run(run(rx.url, 4000))
+                    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+                    print(f"{name}: {4000 / elapsed:,.0f} requests/s, "
+                          f"{cpu / 4000 * 1e6:.0f} us CPU/request")  # fmt: skip
+        finally:
+            rx.stop()
+            procs.stop_all()
+
+
+def rows(rounds: int) -> None:
+    from bench.baseline import payloads
+    from krenalis.events.wire import decode_event
+    from krenalis.sinks.warehouse.rows import fast_row
+    from krenalis.sinks.warehouse.schema import event_to_row
+
+    events = [decode_event(data) for data, _ in payloads(1000)]
+
+    def per_event(convert: Any) -> float:
+        runs = timeit.repeat(lambda: [convert(e) for e in events], number=1, repeat=15)
+        return min(runs) / len(events) * 1e6
+
+    for _ in range(rounds):
+        print(f"event_to_row {per_event(event_to_row):.1f} us/event, "
+              f"fast_row {per_event(fast_row):.1f} us/event")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("fetch", "http", "rows"))
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    {"fetch": fetch, "http": http, "rows": rows}[args.what](args.rounds)
+
+
+if __name__ == "__main__":
+    main()
