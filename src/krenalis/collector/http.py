@@ -16,6 +16,7 @@ import msgspec
 
 from krenalis.errors import RequestError
 from krenalis.events import MAX_BODY_BYTES
+from krenalis.events.ip import parse_address
 
 __all__ = [
     "check_content_type",
@@ -132,7 +133,7 @@ def forwarded_for(scope: Scope, trusted: Sequence[_Network]) -> str | None:
     """
     if not trusted:
         return None
-    peer = _address((scope.get("client") or ("", 0))[0])
+    peer = parse_address((scope.get("client") or ("", 0))[0])
     if peer is None or not _in(peer, trusted):
         return None
     items = [
@@ -142,7 +143,7 @@ def forwarded_for(scope: Scope, trusted: Sequence[_Network]) -> str | None:
         for item in value.decode("latin-1").split(",")
     ]
     for item in reversed(items):
-        address = _address(item)
+        address = parse_address(item)
         if address is None or not _in(address, trusted):
             return item  # unreadable: events/ip.py decides what an unreadable item means
     return items[0] if items else None
@@ -163,7 +164,7 @@ def public_origin(scope: Scope, trusted: Sequence[_Network]) -> tuple[str, str]:
     """
     scheme = scope.get("scheme") or "http"
     host = header(scope, b"host")
-    peer = _address((scope.get("client") or ("", 0))[0])
+    peer = parse_address((scope.get("client") or ("", 0))[0])
     if trusted and peer is not None and _in(peer, trusted):
         proto = _last_value(scope, b"x-forwarded-proto")
         if proto in ("http", "https"):
@@ -190,22 +191,6 @@ def _last_value(scope: Scope, name: bytes) -> str | None:
 
 def _in(address: _Address, networks: Sequence[_Network]) -> bool:
     return any(address in network for network in networks)
-
-
-def _address(text: str) -> _Address | None:
-    """An address as a peer or a proxy writes it ("1.2.3.4", "1.2.3.4:5", "[::1]:5"), with
-    IPv4-mapped IPv6 (a dual-stack socket's) unmapped; None when it is not one."""
-    if text.startswith("["):
-        text = text[1 : text.find("]")] if "]" in text else ""
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _bad_gzip() -> RequestError:

@@ -14,7 +14,7 @@ from operator import attrgetter
 
 from krenalis.errors import EventError, RequestError
 
-__all__ = ["MAX_ADDRESS_TEXT", "ClientAddress", "client_address"]
+__all__ = ["MAX_ADDRESS_TEXT", "ClientAddress", "client_address", "parse_address"]
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CACHE_SIZE = 4096
@@ -100,13 +100,20 @@ def client_address(remote_ip: str, forwarded_for: str | None) -> ClientAddress:
     return address
 
 
+def parse_address(text: str) -> _IPAddress | None:
+    """An address as a peer or a proxy writes it ("1.2.3.4", "1.2.3.4:5", "[::1]:5"), with
+    IPv4-mapped IPv6 (a dual-stack socket's) unmapped; None when it is not one (a zoned IPv6
+    address, a text longer than any address, a port that is not a number)."""
+    return _parse(_strip_port(text)) if len(text) <= MAX_ADDRESS_TEXT else None
+
+
 def _address(text: str) -> ClientAddress | None:
     """The ClientAddress of an address text ("[...]" and a port allowed), None if not one."""
     # Parsing and masking cost 15-60 µs, more than decoding a small event: clients send many
     # requests, so the answers are kept, by the text of the address alone.
     address = _addresses.get(text)
     if address is None:
-        parsed = _parse(_strip_port(text)) if len(text) <= MAX_ADDRESS_TEXT else None
+        parsed = parse_address(text)
         if parsed is None:
             return None  # not kept: garbage gets no entry
         address = _remember(_addresses, text, ClientAddress(parsed))
