@@ -11,7 +11,6 @@ per-message semaphore task, which cost about half of the publishing CPU: see ben
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import logging
@@ -47,8 +46,6 @@ MAX_BATCH = 1000
 #: bench/RESULTS.md, section 4), so batches of under about 13 copies lose. 20: a request of
 #: 10 events has 20 copies with their archive's (bench/RESULTS.md, "Archive").
 MIN_ATOMIC = 20
-#: Atomic batches in flight per process (the server allows 50 per stream).
-MAX_ATOMIC_IN_FLIGHT = 16
 #: Batches of grouped requests in flight per publisher. While they are, the requests that come
 #: meanwhile wait and go together in the next one: a stream commits a few hundred batches a
 #: second whatever their size (bench/RESULTS.md, section 4), so under load a few large batches
@@ -179,7 +176,6 @@ class Publisher:
         # With any sync interval: with `sync_interval: 2m` too, `serve` accepted 9-11k events/s
         # grouped in atomic batches against 5.5k copy by copy (the collector's CPU per copy).
         self.atomic = atomic
-        self.atomic_slots = asyncio.Semaphore(MAX_ATOMIC_IN_FLIGHT)
         self.timeout = timeout
         self.deadline = deadline
         # False once NATS has been gone for a while: stop retrying and let the caller answer 503.
@@ -193,9 +189,10 @@ class Publisher:
     async def publish(self, messages: list[OutMessage]) -> list[PubAck]:
         """Store every message; raise PublishError if some are still unstored at the deadline.
 
-        With `atomic`, requests of MIN_ATOMIC copies or more go as JetStream atomic batches first
-        (ADR-50: stored at once, one fsync and one PubAck per batch: 4x the throughput of
-        a server with `sync_interval: always`). A batch is refused whole if one id is a
+        With `atomic`, the copies go as JetStream atomic batches first, with those of the
+        requests published at the same time (see GROUPS_IN_FLIGHT; ADR-50: stored at once, one
+        fsync and one PubAck per batch: 4x the throughput of a server with
+        `sync_interval: always`); a group of under MIN_ATOMIC copies goes one by one. A batch is refused whole if one id is a
         duplicate (a client retrying a request), and may fail during a leader election: then its
         messages go one by one, where each duplicate is dropped alone and each failure is
         retried with the same id.
@@ -206,7 +203,7 @@ class Publisher:
         if len(messages) <= MAX_BATCH:
             return await self._grouped(messages)
         chunks = [messages[i : i + MAX_BATCH] for i in range(0, len(messages), MAX_BATCH)]
-        results = await asyncio.gather(*(self._atomic_or_one_by_one(c) for c in chunks))
+        results = await asyncio.gather(*(self._grouped(c) for c in chunks))
         return [ack for acks in results for ack in acks]
 
     async def _grouped(self, messages: list[OutMessage]) -> list[PubAck]:
@@ -239,9 +236,12 @@ class Publisher:
         try:
             messages = [m for request, _ in group for m in request]
             if len(messages) >= MIN_ATOMIC:
-                with contextlib.suppress(NatsError, TimeoutError, ConnectionError):
-                    async with self.atomic_slots:
-                        commit = await self._atomic(messages)
+                try:
+                    commit = await self._atomic(messages)
+                except (NatsError, TimeoutError, ConnectionError) as exc:
+                    log.debug("Atomic batch refused; publishing one by one.",
+                              extra={"error": _describe(exc)})  # fmt: skip
+                else:
                     seq = commit.seq - len(messages) + 1
                     for request, future in group:
                         acks = [
@@ -261,18 +261,6 @@ class Publisher:
             raise
         finally:
             self._group_slots.release()
-
-    async def _atomic_or_one_by_one(self, messages: list[OutMessage]) -> list[PubAck]:
-        try:
-            async with self.atomic_slots:
-                commit = await self._atomic(messages)
-        except (NatsError, TimeoutError, ConnectionError) as exc:
-            log.debug(
-                "Atomic batch refused; publishing one by one.", extra={"error": _describe(exc)}
-            )
-            return await self._one_by_one(messages)
-        first = commit.seq - len(messages) + 1
-        return [PubAck(stream=commit.stream, seq=first + i) for i in range(len(messages))]
 
     async def _atomic(self, messages: list[OutMessage]) -> PubAck:
         batch_id = uuid.uuid4().hex
