@@ -23,7 +23,6 @@ the webhooks' Idempotency-Key make that harmless.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -35,7 +34,7 @@ from krenalis.config import Settings
 from krenalis.errors import RevisionConflict, WorkspaceError
 from krenalis.replay.engine import Replay
 from krenalis.replay.state import ReplayState, ReplayStore, ReplayTaken, owner, stalled
-from krenalis.worker.retire import INTERVAL, old_enough, routed_by
+from krenalis.worker.retire import every_round, old_enough, routed_by
 from krenalis.workspace.load import parse_workspace
 from krenalis.workspace.model import Workspace
 from krenalis.workspace.store import Backfill, Revision, WorkspaceStore, now, who
@@ -53,16 +52,10 @@ class Backfiller:
         self.store = store
         self.settings = settings
         self.replays = ReplayStore(nc.jetstream(), settings)
-        self._last_error = ""
 
     async def run(self) -> None:
         await self.replays.open()
-        while True:
-            await asyncio.sleep(INTERVAL)
-            try:
-                await self.step()
-            except Exception as exc:  # NATS away, an election: try again next round
-                self._log_once(str(exc) or type(exc).__name__)
+        await every_round(self.step, "Cannot run backfills yet; retrying.")
 
     async def step(self) -> None:
         revision = await self.store.current()
@@ -125,11 +118,6 @@ class Backfiller:
                         backfills=rest)  # fmt: skip
         with contextlib.suppress(RevisionConflict):  # another process finished it first
             await self.store.store(after, revision.number)
-
-    def _log_once(self, error: str) -> None:
-        if error != self._last_error:
-            self._last_error = error
-            log.warning("Cannot run backfills yet; retrying.", extra={"error": error})
 
 
 def _workspace(revision: Revision) -> Workspace:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -33,7 +34,15 @@ from krenalis.stream.layout import remove_pipeline
 from krenalis.workspace.apply import backlog
 from krenalis.workspace.store import Retirement, Revision, WorkspaceStore, now, who
 
-__all__ = ["DISCARD_REASON", "INTERVAL", "DiscardSink", "Retirer", "old_enough", "routed_by"]
+__all__ = [
+    "DISCARD_REASON",
+    "INTERVAL",
+    "DiscardSink",
+    "Retirer",
+    "every_round",
+    "old_enough",
+    "routed_by",
+]
 
 log = logging.getLogger("krenalis.worker")
 
@@ -66,15 +75,9 @@ class Retirer:
         self.nc = nc
         self.js = js
         self.store = store
-        self._last_error = ""
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(INTERVAL)
-            try:
-                await self.step()
-            except Exception as exc:  # NATS away, an election: try again next round
-                self._log_once(str(exc) or type(exc).__name__)
+        await every_round(self.step, "Cannot finish retirements yet; retrying.")
 
     async def step(self) -> None:
         revision = await self.store.current()
@@ -105,17 +108,27 @@ class Retirer:
                 },
             )
 
-    def _log_once(self, error: str) -> None:
-        if error != self._last_error:
-            self._last_error = error
-            log.warning("Cannot finish retirements yet; retrying.", extra={"error": error})
-
 
 async def routed_by(nc: Client, revision: Revision) -> bool:
     """Whether every process that routes events runs `revision` or a later one, with no
     request routed by an older one still publishing."""
     processes = await list_processes(nc)
     return all(p.revision >= revision.number for p in processes if p.routes)
+
+
+async def every_round(step: Callable[[], Awaitable[None]], warning: str) -> None:
+    """Run `step` every INTERVAL seconds until cancelled. A failure (NATS away, an election)
+    is tried again next round, and logged once per reason."""
+    last_error = ""
+    while True:
+        await asyncio.sleep(INTERVAL)
+        try:
+            await step()
+        except Exception as exc:
+            error = str(exc) or type(exc).__name__
+            if error != last_error:
+                last_error = error
+                log.warning(warning, extra={"error": error})
 
 
 def old_enough(revision: Revision) -> bool:
