@@ -81,9 +81,9 @@ def count_delivered(pipeline: str, events: list[dict]) -> None:
         received = event.get("receivedAt")
         if not isinstance(received, str):
             continue
-        seconds = waited.get(received, -1.0)
-        if seconds == -1.0:
-            seconds = waited[received] = _seconds_since(received, now)
+        if received not in waited:
+            waited[received] = _seconds_since(received, now)
+        seconds = waited[received]
         if seconds is not None:
             latency.observe(seconds)
 

@@ -29,16 +29,10 @@ __all__ = ["fast_row"]
 #: A column of a single value: what the careful path passes to PostgreSQL as it is.
 _Value = str | int | float | bool | None
 
-#: Required columns whose type the wire form fixes: anything else goes the careful way.
+#: The type the wire form gives each required column (schema's ``Column.required``): an object
+#: for traits, text for the others; anything else goes the careful way.
 _REQUIRED_TYPES: dict[str, Any] = {
-    "connectionId": str,
-    "anonymousId": str,
-    "messageId": str,
-    "receivedAt": str,
-    "sentAt": str,
-    "timestamp": str,
-    "traits": dict,
-    "type": str,
+    c.field: dict if c.kind is Kind.JSON else str for c in COLUMNS if c.required
 }
 
 
