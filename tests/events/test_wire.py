@@ -1,4 +1,5 @@
-"""The stream's wire form: encode_event / decode_event, and the package's public surface."""
+"""The stream's wire form: encode_event / decode_event / read_event, and the package's public
+surface."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 import krenalis.events
 from krenalis.errors import InvalidEvent
-from krenalis.events import decode_event, encode_event
+from krenalis.events import StoredEvent, decode_event, encode_event, read_event
 
 from ._helpers import decode, one, track
 
@@ -80,16 +81,64 @@ def test_decode_event_refuses_what_is_not_an_event(data: bytes) -> None:
         decode_event(data)
 
 
-def test_decode_event_checks_types() -> None:
+BAD_CHANGES = [
+    {"type": "buy"},
+    {"traits": []},
+    {"traits": None},
+    {"userId": 5},
+    {"userId": None},
+    {"context": "x"},
+    {"properties": None},
+    {"properties": [1]},
+    {"kpid": "x"},
+]
+
+
+@pytest.mark.parametrize("read", [decode_event, read_event])
+@pytest.mark.parametrize("change", BAD_CHANGES)
+def test_reading_checks_types(read, change: dict) -> None:
     good = one(track())
-    for change in ({"type": "buy"}, {"traits": []}, {"userId": 5}, {"context": "x"}):
-        with pytest.raises(InvalidEvent):
-            decode_event(encode_event({**good, **change}))
-    incomplete = dict(good)
-    del incomplete["messageId"]
     with pytest.raises(InvalidEvent):
-        decode_event(encode_event(incomplete))
+        read(encode_event({**good, **change}))
+
+
+@pytest.mark.parametrize("read", [decode_event, read_event])
+def test_reading_needs_every_required_field(read) -> None:
+    incomplete = dict(one(track()))
+    del incomplete["messageId"]
+    with pytest.raises(InvalidEvent, match="messageId"):
+        read(encode_event(incomplete))
     assert issubclass(InvalidEvent, ValueError)
+
+
+@pytest.mark.parametrize("data", [b"{", b"[]", b"\xff", b'{"type":"track"}', b"null"])
+def test_read_event_gives_decode_events_reason(data: bytes) -> None:
+    with pytest.raises(InvalidEvent) as expected:
+        decode_event(data)
+    with pytest.raises(InvalidEvent) as got:
+        read_event(data)
+    assert str(got.value) == str(expected.value)
+
+
+def test_read_event_keeps_the_bytes_and_what_the_worker_needs() -> None:
+    anonymous = one(track(anonymousId="a-1", messageId="m-9"), source_id="src")
+    known = one(track(userId="u-1"), source_id="src")
+    for event in (FULL_TRACK_DECODED := one(FULL_TRACK, source_id="src"), anonymous, known):
+        data = encode_event(event)
+        stored = read_event(data)
+        assert stored.data is data
+        assert stored.fields == event == decode_event(data)
+        assert (stored.message_id, stored.connection_id) == (event["messageId"], "src")
+        assert stored.user == krenalis.events.user_key(event)
+        assert stored.received_at == event["receivedAt"]
+    assert read_event(encode_event(anonymous)).user == "a-1"
+    assert FULL_TRACK_DECODED["messageId"] == "m-1"
+
+
+def test_stored_event_of_an_object_is_unchecked() -> None:
+    odd = StoredEvent.of({"messageId": 7, "userId": "u"})
+    assert (odd.message_id, odd.user, odd.received_at) == ("", "u", "")
+    assert msgspec.json.decode(odd.data) == odd.fields == {"messageId": 7, "userId": "u"}
 
 
 def test_exported_members() -> None:
@@ -104,11 +153,13 @@ def test_exported_members() -> None:
         "DecodedRequest",
         "ParsedRequest",
         "Rejection",
+        "StoredEvent",
         "build_events",
         "decode_event",
         "decode_request",
         "encode_event",
         "parse_request",
+        "read_event",
         "user_key",
     }
     assert all(hasattr(krenalis.events, name) for name in exported)

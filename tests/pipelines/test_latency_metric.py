@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import REGISTRY
 
+from fixtures.events import stored
 from krenalis.worker.held import count_delivered
 
 NAME = "krenalis_end_to_end_latency_seconds"
@@ -26,7 +27,7 @@ def test_every_event_is_observed_once_and_shared_times_are_read_once() -> None:
     events = [{"receivedAt": two_s_ago}] * 3 + [{"receivedAt": five_s_ago}]
     events += [{"receivedAt": "not a time"}, {"receivedAt": 7}, {}]
     started = time.time()
-    count_delivered("latency-test", events)
+    count_delivered("latency-test", stored(events))
     assert sample("count", "latency-test") == 4
     total = sample("sum", "latency-test")
     slack = time.time() - started + 0.01

@@ -27,6 +27,7 @@ from helpers_collector import WAREHOUSE_PIPELINE, CollectorHarness, bearer
 from psycopg.rows import dict_row
 
 from events.bench_decode import hostile_bodies
+from fixtures.events import stored
 from krenalis.errors import RequestError
 from krenalis.events import MAX_BODY_BYTES, DecodedRequest, decode_request, encode_event
 from krenalis.sinks.base import DELIVERED
@@ -299,11 +300,11 @@ async def test_what_a_nul_would_merge_in_the_warehouse_is_rejected(warehouse_dsn
         6: "property 'messageId' contains a NUL character",
     }
     async with WarehouseSink(warehouse_dsn) as sink:
-        assert await sink.write(result.events) == [DELIVERED]
+        assert await sink.write(stored(result.events)) == [DELIVERED]
         # What the rejection prevents: the warehouse strips NUL, so the keys would merge.
         merged = track(properties={"a": 1, "a\0": 2})
-        assert await sink.write([dict(result.events[0], messageId=merged["messageId"],
-                                      properties=merged["properties"])]) == [DELIVERED]  # fmt: skip
+        assert await sink.write(stored([dict(result.events[0], messageId=merged["messageId"],
+                                      properties=merged["properties"])])) == [DELIVERED]  # fmt: skip
     async with await psycopg.AsyncConnection.connect(warehouse_dsn, row_factory=dict_row) as conn:
         rows = await (await conn.execute("SELECT message_id, properties FROM krenalis_events")).fetchall()  # fmt: skip
     by_id = {row["message_id"]: row["properties"] for row in rows}

@@ -27,6 +27,7 @@ import pytest
 from safe_support import ZeroSetupServe, make_earlier_postgres
 
 from e2e.e2e_support import WRITE_KEY, make_event
+from fixtures.events import stored
 from krenalis.ops.keys import generate_user_keypair
 from krenalis.sinks.file import FileOptions, FileSink
 from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
@@ -219,7 +220,7 @@ async def test_file_sink_files_are_private_whatever_the_umask(tmp_path: Path) ->
     previous = os.umask(0)  # the sink, not the umask, decides
     try:
         sink = FileSink(tmp_path / "events" / "daily")
-        assert await sink.write([_wire_event()]) != []
+        assert await sink.write(stored([_wire_event()])) != []
     finally:
         os.umask(previous)
     (written,) = (tmp_path / "events" / "daily").iterdir()
@@ -232,7 +233,7 @@ async def test_a_file_destination_may_share_its_files_with_a_group(tmp_path: Pat
     options = parse_workspace(text + '    mode: "0640"\n', "krenalis.yaml")
     sink = options.destinations["archive"].options
     assert isinstance(sink, FileOptions)
-    await sink.build().write([_wire_event()])
+    await sink.build().write(stored([_wire_event()]))
     (written,) = (tmp_path / "out").iterdir()
     assert (_mode(written), _mode(tmp_path / "out")) == (0o640, 0o750)
 

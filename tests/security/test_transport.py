@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fixtures.events import stored
 from fixtures.nats_servers import settings_for
 from krenalis.config import load_settings
 from krenalis.errors import ConfigError, NatsAuthError
@@ -442,7 +443,7 @@ async def test_the_warehouse_sink_verifies_the_server(tls_postgres: TlsPostgres,
     dsn = tls_postgres.dsn(pki.ca)
     await init_db(dsn)
     async with WarehouseSink(dsn) as sink:
-        assert await sink.write([EVENT]) == [DELIVERED]
+        assert await sink.write(stored([EVENT])) == [DELIVERED]
     with psycopg.connect(dsn) as conn:
         encrypted = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         assert encrypted.fetchone() == (True,)
@@ -455,5 +456,5 @@ async def test_the_warehouse_sink_refuses_a_server_its_ca_did_not_sign(
     async with WarehouseSink(tls_postgres.dsn(pki.other_ca), connect_timeout=5) as sink:
         with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
             await sink.healthcheck()
-        (outcome,) = await sink.write([EVENT])
+        (outcome,) = await sink.write(stored([EVENT]))
     assert isinstance(outcome, Retry) and "certificate verify failed" in outcome.reason

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from fixtures.events import stored
 from krenalis.sinks.base import Delivered, Retry
 from krenalis.sinks.webhook import BODY_PREFIX_BYTES, WebhookOptions, WebhookSink
 from krenalis.workspace.values import Duration
@@ -52,7 +53,7 @@ async def send_one(url: str) -> tuple[object, float]:
     sink = WebhookSink(WebhookOptions(url=url, timeout=Duration(1.0)))
     started = time.monotonic()
     try:
-        (outcome,) = await sink.write([EVENT])
+        (outcome,) = await sink.write(stored([EVENT]))
     finally:
         await sink.aclose()
     return outcome, time.monotonic() - started

@@ -15,6 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from fixtures.events import stored
 from krenalis.errors import WorkspaceError
 from krenalis.sinks.base import DELIVERED, Retry
 from krenalis.sinks.webhook import WebhookOptions, WebhookSink, sign, verify_signature
@@ -49,7 +50,7 @@ async def rx() -> AsyncIterator[WebhookReceiver]:
 async def deliver(url: str, events: list[dict], **options: object) -> list:
     sink = WebhookSink(WebhookOptions(url=url, **options))  # type: ignore[arg-type]
     try:
-        return await sink.write(events)
+        return await sink.write(stored(events))
     finally:
         await sink.aclose()
 
@@ -94,7 +95,7 @@ destinations:
     options = parse_workspace(text, environ=env).destinations["hook"].options
     sink = options.build()
     try:
-        assert await sink.write([event(1)]) == [DELIVERED]
+        assert await sink.write(stored([event(1)])) == [DELIVERED]
     finally:
         await sink.aclose()
     assert_verifies(NEW, rx.requests[0])

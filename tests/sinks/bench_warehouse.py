@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from fixtures.events import stored
 from krenalis.sinks.base import DELIVERED
 from krenalis.sinks.warehouse import EmbeddedPostgres, WarehouseSink, event_to_row, init_db
 
@@ -65,7 +66,7 @@ async def write_all(dsn: str, batches: list[list[dict[str, Any]]]) -> float:
         await sink.healthcheck()
         began = time.perf_counter()
         for batch in batches:
-            outcomes = await sink.write(batch)
+            outcomes = await sink.write(stored(batch))
             assert outcomes == [DELIVERED] * len(batch), set(map(type, outcomes))
         return time.perf_counter() - began
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.events import stored
 from krenalis.errors import WorkspaceError
 from krenalis.sinks.base import DELIVERED, Rejected, Retry
 from krenalis.sinks.file import FileOptions, FileSink
@@ -35,7 +36,7 @@ async def test_writes_compact_utf8_ndjson(tmp_path: Path) -> None:
     sink = FileSink(tmp_path / "out")
     events = [event(1), event(2)]
 
-    assert await sink.write(events) == [DELIVERED] * 2
+    assert await sink.write(stored(events)) == [DELIVERED] * 2
 
     path = tmp_path / "out" / "events-2026-11-26.ndjson"
     lines = read_lines(path)
@@ -47,8 +48,8 @@ async def test_writes_compact_utf8_ndjson(tmp_path: Path) -> None:
 
 async def test_appends_across_batches(tmp_path: Path) -> None:
     sink = FileSink(tmp_path, prefix="site")
-    await sink.write([event(1)])
-    await sink.write([event(2), event(3)])
+    await sink.write(stored([event(1)]))
+    await sink.write(stored([event(2), event(3)]))
 
     lines = read_lines(tmp_path / "site-2026-11-26.ndjson")
     assert [json.loads(line)["messageId"] for line in lines] == ["msg-1", "msg-2", "msg-3"]
@@ -63,7 +64,7 @@ async def test_rotates_by_the_utc_day_of_received_at(tmp_path: Path) -> None:
         event(4, "2026-11-27T00:00:00"),  # naive: UTC
     ]
 
-    assert await sink.write(events) == [DELIVERED] * 4
+    assert await sink.write(stored(events)) == [DELIVERED] * 4
 
     def ids(day: str) -> list[str]:
         return [json.loads(x)["messageId"] for x in read_lines(tmp_path / f"events-{day}.ndjson")]
@@ -81,15 +82,16 @@ async def test_rotates_by_the_utc_day_of_received_at(tmp_path: Path) -> None:
 async def test_a_bad_event_is_rejected_and_the_others_written(tmp_path: Path) -> None:
     sink = FileSink(tmp_path)
     no_date = event(2) | {"receivedAt": None}
-    not_json = event(3) | {"properties": {"x": float("inf")}}
+    events = stored([event(1), no_date, event(4)])
 
-    outcomes = await sink.write([event(1), no_date, not_json, event(4)])
+    outcomes = await sink.write(events)
 
-    assert outcomes[0] == outcomes[3] == DELIVERED
+    assert outcomes[0] == outcomes[2] == DELIVERED
     assert isinstance(outcomes[1], Rejected) and "receivedAt" in outcomes[1].reason
-    assert isinstance(outcomes[2], Rejected) and "JSON" in outcomes[2].reason
     lines = read_lines(tmp_path / "events-2026-11-26.ndjson")
     assert [json.loads(x)["messageId"] for x in lines] == ["msg-1", "msg-4"]
+    # Each line is the event as stored.
+    assert (tmp_path / "events-2026-11-26.ndjson").read_bytes().split(b"\n")[0] == events[0].data
 
 
 async def test_unwritable_directory_is_retried_then_delivered(tmp_path: Path) -> None:
@@ -98,7 +100,7 @@ async def test_unwritable_directory_is_retried_then_delivered(tmp_path: Path) ->
     blocker.write_text("not a directory")
     sink = FileSink(blocker / "sub")
 
-    outcomes = await sink.write([event(1), event(2)])
+    outcomes = await sink.write(stored([event(1), event(2)]))
 
     assert len(outcomes) == 2 and all(isinstance(o, Retry) for o in outcomes)
     assert outcomes[0].reason.startswith(("ENOTDIR", "EEXIST"))  # type: ignore[union-attr]
@@ -108,7 +110,7 @@ async def test_unwritable_directory_is_retried_then_delivered(tmp_path: Path) ->
 
     blocker.unlink()
     await sink.healthcheck()
-    assert await sink.write([event(1), event(2)]) == [DELIVERED] * 2
+    assert await sink.write(stored([event(1), event(2)])) == [DELIVERED] * 2
     assert len(read_lines(blocker / "sub" / "events-2026-11-26.ndjson")) == 2
     assert [p.name for p in (blocker / "sub").iterdir()] == ["events-2026-11-26.ndjson"]
 
@@ -118,7 +120,7 @@ async def test_disk_full_is_retried(tmp_path: Path) -> None:
     # A day file that is a link to /dev/full fails every write with ENOSPC.
     (tmp_path / "events-2026-11-26.ndjson").symlink_to("/dev/full")
 
-    outcomes = await FileSink(tmp_path).write([event(1), event(2, "2026-11-27T00:00:00Z")])
+    outcomes = await FileSink(tmp_path).write(stored([event(1), event(2, "2026-11-27T00:00:00Z")]))
 
     assert all(isinstance(o, Retry) for o in outcomes)
     assert outcomes[0].reason.startswith("ENOSPC")  # type: ignore[union-attr]
@@ -132,7 +134,7 @@ async def test_healthcheck_creates_the_directory_and_leaves_no_file(tmp_path: Pa
 
 
 async def test_empty_batch_touches_nothing(tmp_path: Path) -> None:
-    assert await FileSink(tmp_path / "never").write([]) == []
+    assert await FileSink(tmp_path / "never").write(stored([])) == []
     assert not (tmp_path / "never").exists()
 
 
@@ -144,7 +146,7 @@ def test_bad_prefix_fails_at_construction(tmp_path: Path, prefix: str) -> None:
 
 async def test_options_build_a_sink_writing_to_their_path(tmp_path: Path) -> None:
     sink = FileOptions(path=str(tmp_path / "archive")).build()
-    assert await sink.write([event(1)]) == [DELIVERED]
+    assert await sink.write(stored([event(1)])) == [DELIVERED]
     assert len(read_lines(tmp_path / "archive" / "events-2026-11-26.ndjson")) == 1
 
 
@@ -154,7 +156,7 @@ def mode_of(path: Path) -> int:
 
 async def test_files_and_directories_are_created_private(tmp_path: Path) -> None:
     sink = FileSink(tmp_path / "a" / "b")
-    await sink.write([event(1)])
+    await sink.write(stored([event(1)]))
     assert mode_of(tmp_path / "a" / "b" / "events-2026-11-26.ndjson") == 0o600
     assert mode_of(tmp_path / "a") == mode_of(tmp_path / "a" / "b") == 0o700
 
@@ -168,7 +170,7 @@ async def test_a_mode_sets_the_files_and_the_directories(
 ) -> None:
     previous = os.umask(0o077)  # the mode asked for wins over the umask
     try:
-        await FileSink(tmp_path / "out", mode=mode).write([event(1)])
+        await FileSink(tmp_path / "out", mode=mode).write(stored([event(1)]))
     finally:
         os.umask(previous)
     assert mode_of(tmp_path / "out" / "events-2026-11-26.ndjson") == file_mode
@@ -179,7 +181,7 @@ async def test_existing_files_and_directories_keep_their_modes(tmp_path: Path) -
     tmp_path.chmod(0o755)
     (tmp_path / "events-2026-11-26.ndjson").touch(mode=0o644)
     (tmp_path / "events-2026-11-26.ndjson").chmod(0o644)
-    await FileSink(tmp_path).write([event(1), event(2, "2026-11-27T00:00:00Z")])
+    await FileSink(tmp_path).write(stored([event(1), event(2, "2026-11-27T00:00:00Z")]))
     assert mode_of(tmp_path) == 0o755
     assert mode_of(tmp_path / "events-2026-11-26.ndjson") == 0o644  # someone chose it
     assert mode_of(tmp_path / "events-2026-11-27.ndjson") == 0o600  # new: private

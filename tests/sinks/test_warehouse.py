@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from fixtures.events import stored
 from krenalis.errors import EmbeddedPostgresError
 from krenalis.sinks.base import DELIVERED, Delivered, Rejected, Retry
 from krenalis.sinks.warehouse import (
@@ -276,7 +277,7 @@ async def primary_key(dsn: str) -> list[str]:
 
 
 async def test_full_event_lands_in_the_right_columns(sink: WarehouseSink, warehouse: str) -> None:
-    assert await sink.write([copy.deepcopy(FULL_EVENT)]) == [DELIVERED]
+    assert await sink.write(stored([copy.deepcopy(FULL_EVENT)])) == [DELIVERED]
     rows = await fetch(warehouse, "SELECT * FROM krenalis_events")
     assert rows == [EXPECTED_FULL_ROW]
 
@@ -286,7 +287,7 @@ async def test_minimal_event_leaves_optional_columns_null(
 ) -> None:
     event = make_event("m-1")
     del event["properties"], event["event"]
-    assert await sink.write([event]) == [DELIVERED]
+    assert await sink.write(stored([event])) == [DELIVERED]
     (row,) = await fetch(warehouse, "SELECT * FROM krenalis_events")
     filled = {k for k, v in row.items() if v is not None}
     assert filled == {
@@ -308,7 +309,7 @@ async def test_nul_characters_are_stripped(sink: WarehouseSink, warehouse: str) 
         properties={"k\x00ey": "va\x00lue", "list": ["a\x00"]},
         traits={"name": "A\x00da"},
     )
-    assert await sink.write([event]) == [DELIVERED]
+    assert await sink.write(stored([event])) == [DELIVERED]
     (row,) = await fetch(warehouse, "SELECT event, properties, traits FROM krenalis_events")
     assert row == {
         "event": "Signed Up",
@@ -318,7 +319,7 @@ async def test_nul_characters_are_stripped(sink: WarehouseSink, warehouse: str) 
 
 
 async def test_empty_batch(sink: WarehouseSink) -> None:
-    assert await sink.write([]) == []
+    assert await sink.write(stored([])) == []
 
 
 async def test_custom_table(warehouse: str) -> None:
@@ -326,7 +327,7 @@ async def test_custom_table(warehouse: str) -> None:
         await conn.execute("CREATE SCHEMA wh")
         await conn.execute("CREATE TABLE wh.copy (LIKE krenalis_events INCLUDING ALL)")
     async with WarehouseSink(warehouse, table="wh.copy") as sink:
-        assert await sink.write([make_event("m-1")]) == [DELIVERED]
+        assert await sink.write(stored([make_event("m-1")])) == [DELIVERED]
     assert await fetch(warehouse, "SELECT message_id FROM wh.copy") == [{"message_id": "m-1"}]
     assert await count(warehouse) == 0
 
@@ -337,9 +338,9 @@ async def test_custom_table(warehouse: str) -> None:
 async def test_same_message_id_twice_gives_one_row_with_the_latest_values(
     sink: WarehouseSink, warehouse: str
 ) -> None:
-    assert await sink.write([make_event("m-1", event="First")]) == [DELIVERED]
+    assert await sink.write(stored([make_event("m-1", event="First")])) == [DELIVERED]
     second = make_event("m-1", event="Second", userId="u-2", properties={"v": 2})
-    assert await sink.write([second]) == [DELIVERED]
+    assert await sink.write(stored([second])) == [DELIVERED]
     rows = await fetch(warehouse, "SELECT message_id, event, user_id, properties FROM events")
     assert rows == [
         {"message_id": "m-1", "event": "Second", "user_id": "u-2", "properties": {"v": 2}}
@@ -347,10 +348,10 @@ async def test_same_message_id_twice_gives_one_row_with_the_latest_values(
 
 
 async def test_upsert_keeps_kpid(sink: WarehouseSink, warehouse: str) -> None:
-    await sink.write([make_event("m-1")])
+    await sink.write(stored([make_event("m-1")]))
     async with await psycopg.AsyncConnection.connect(warehouse, autocommit=True) as conn:
         await conn.execute("UPDATE krenalis_events SET kpid = gen_random_uuid()")
-    await sink.write([make_event("m-1", event="Again")])
+    await sink.write(stored([make_event("m-1", event="Again")]))
     (row,) = await fetch(warehouse, "SELECT kpid, event FROM krenalis_events")
     assert row["kpid"] is not None and row["event"] == "Again"
 
@@ -362,7 +363,7 @@ async def test_duplicates_inside_a_batch_keep_the_last(sink: WarehouseSink, ware
         make_event("m-1", event="New"),
         make_event("m-1", event="Newest"),
     ]
-    assert await sink.write(batch) == [DELIVERED] * 4
+    assert await sink.write(stored(batch)) == [DELIVERED] * 4
     rows = await fetch(warehouse, "SELECT message_id, event FROM events ORDER BY message_id")
     assert rows == [
         {"message_id": "m-1", "event": "Newest"},
@@ -386,10 +387,10 @@ async def test_two_sources_with_the_same_message_id_keep_their_own_rows(
     sink: WarehouseSink, warehouse: str
 ) -> None:
     shop = make_event("m-1", connectionId="shop", event="Order Completed", userId="ada")
-    assert await sink.write([shop]) == [DELIVERED]
+    assert await sink.write(stored([shop])) == [DELIVERED]
     # Another source sends the same messageId, as an attacker with a public write key could.
     forged = make_event("m-1", connectionId="blog", event="Forged", userId="eve")
-    assert await sink.write([forged]) == [DELIVERED]
+    assert await sink.write(stored([forged])) == [DELIVERED]
     assert await rows_by_source(warehouse) == {
         ("shop", "m-1"): {
             "event": "Order Completed",
@@ -400,7 +401,7 @@ async def test_two_sources_with_the_same_message_id_keep_their_own_rows(
     }
     # A source's own resend still replaces its own row, and only that one.
     again = make_event("m-1", connectionId="shop", event="Order Updated", userId="ada")
-    assert await sink.write([again]) == [DELIVERED]
+    assert await sink.write(stored([again])) == [DELIVERED]
     rows = await rows_by_source(warehouse)
     assert rows[("shop", "m-1")]["event"] == "Order Updated"
     assert rows[("blog", "m-1")]["event"] == "Forged"
@@ -414,7 +415,7 @@ async def test_one_batch_with_the_same_message_id_from_two_sources(
         make_event("m-1", connectionId="blog", event="Blog"),
         make_event("m-1", connectionId="shop", event="New"),
     ]
-    assert await sink.write(batch) == [DELIVERED] * 3
+    assert await sink.write(stored(batch)) == [DELIVERED] * 3
     rows = await rows_by_source(warehouse)
     assert {key: row["event"] for key, row in rows.items()} == {
         ("shop", "m-1"): "New",
@@ -427,7 +428,7 @@ async def test_a_bad_row_of_one_source_does_not_reject_the_other_sources_event(
 ) -> None:
     good = make_event("m-1", connectionId="shop")
     bad = make_event("m-1", connectionId="blog", context={"ip": "not-an-ip"})
-    outcomes = await sink.write([good, bad, make_event("m-2", connectionId="blog")])
+    outcomes = await sink.write(stored([good, bad, make_event("m-2", connectionId="blog")]))
     assert outcomes[0] == outcomes[2] == DELIVERED
     assert isinstance(outcomes[1], Rejected) and "context_ip" in outcomes[1].reason
     assert set(await rows_by_source(warehouse)) == {("shop", "m-1"), ("blog", "m-2")}
@@ -438,8 +439,8 @@ async def test_concurrent_writers_of_the_same_ids_do_not_deadlock(warehouse: str
     async with WarehouseSink(warehouse) as one, WarehouseSink(warehouse) as two:
         for _ in range(5):
             results = await asyncio.gather(
-                one.write([make_event(i) for i in ids]),
-                two.write([make_event(i) for i in reversed(ids)]),
+                one.write(stored([make_event(i) for i in ids])),
+                two.write(stored([make_event(i) for i in reversed(ids)])),
             )
             assert results == [[DELIVERED] * len(ids)] * 2
     assert await count(warehouse) == len(ids)
@@ -473,7 +474,7 @@ async def test_a_bad_row_is_rejected_and_the_others_are_written(
     overrides, column = BAD_VALUES[case]
     batch = [make_event(f"ok-{i}") for i in range(5)]
     batch.insert(2, make_event("bad", **overrides))
-    outcomes = await sink.write(batch)
+    outcomes = await sink.write(stored(batch))
     assert isinstance(outcomes[2], Rejected)
     assert column in outcomes[2].reason
     assert outcomes[:2] + outcomes[3:] == [DELIVERED] * 5
@@ -490,7 +491,7 @@ async def test_many_bad_rows_among_good_ones(sink: WarehouseSink, warehouse: str
             bad.add(f"m-{i}")
         else:
             batch.append(make_event(f"m-{i}"))
-    outcomes = await sink.write(batch)
+    outcomes = await sink.write(stored(batch))
     rejected = {e["messageId"] for e, o in zip(batch, outcomes, strict=True) if o != DELIVERED}
     assert rejected == bad
     assert all(isinstance(o, Rejected | Delivered) for o in outcomes)
@@ -507,7 +508,7 @@ async def test_a_row_refused_by_the_upsert_is_found_by_bisection(
         )
     batch = [make_event(f"m-{i}") for i in range(40)]
     batch[13]["event"] = batch[31]["event"] = "forbidden"
-    outcomes = await sink.write(batch)
+    outcomes = await sink.write(stored(batch))
     assert [i for i, o in enumerate(outcomes) if isinstance(o, Rejected)] == [13, 31]
     assert "no_test" in outcomes[13].reason or "check" in outcomes[13].reason
     assert await count(warehouse) == 38
@@ -532,7 +533,7 @@ async def test_events_that_cannot_be_rows_are_rejected(
     event: dict[str, Any], field: str, sink: WarehouseSink, warehouse: str
 ) -> None:
     bad = make_event("bad", **event)
-    outcomes = await sink.write([make_event("ok-1"), bad, make_event("ok-2")])
+    outcomes = await sink.write(stored([make_event("ok-1"), bad, make_event("ok-2")]))
     assert outcomes[0] == outcomes[2] == DELIVERED
     assert isinstance(outcomes[1], Rejected) and outcomes[1].reason.startswith(field)
     assert await message_ids(warehouse) == {"ok-1", "ok-2"}
@@ -554,19 +555,22 @@ async def test_stopped_database_gives_retry_then_the_same_sink_reconnects(
 ) -> None:
     async with WarehouseSink(own_server.dsn, connect_timeout=2) as sink:
         await sink.healthcheck()
-        assert await sink.write([make_event("before")]) == [DELIVERED]
+        assert await sink.write(stored([make_event("before")])) == [DELIVERED]
         port = own_server.port
         own_server.stop()
 
         with pytest.raises(psycopg.OperationalError):
             await sink.healthcheck()
-        outcomes = await sink.write([make_event("during-1"), make_event("during-2")])
+        outcomes = await sink.write(stored([make_event("during-1"), make_event("during-2")]))
         assert all(isinstance(o, Retry) for o in outcomes), outcomes
 
         own_server.start()
         assert own_server.port == port  # the data directory remembers its port
         await sink.healthcheck()
-        assert await sink.write([make_event("during-1"), make_event("during-2")]) == [DELIVERED] * 2
+        assert (
+            await sink.write(stored([make_event("during-1"), make_event("during-2")]))
+            == [DELIVERED] * 2
+        )
     assert await message_ids(own_server.dsn) == {"before", "during-1", "during-2"}
 
 
@@ -574,13 +578,13 @@ async def test_a_killed_connection_is_replaced_without_losing_the_batch(
     own_server: EmbeddedPostgres,
 ) -> None:
     async with WarehouseSink(own_server.dsn) as sink:
-        assert await sink.write([make_event("a")]) == [DELIVERED]
+        assert await sink.write(stored([make_event("a")])) == [DELIVERED]
         async with await psycopg.AsyncConnection.connect(own_server.dsn, autocommit=True) as c:
             await c.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = 'krenalis-warehouse'"
             )
-        assert await sink.write([make_event("b")]) == [DELIVERED]
+        assert await sink.write(stored([make_event("b")])) == [DELIVERED]
     assert await message_ids(own_server.dsn) == {"a", "b"}
 
 
@@ -590,7 +594,7 @@ async def test_a_crash_during_a_write_leaves_all_or_nothing(
     batch = [make_event(f"m-{i}", properties={"pad": "x" * 500}) for i in range(20_000)]
     async with WarehouseSink(own_server.dsn, connect_timeout=2) as sink:
         await sink.healthcheck()
-        write = asyncio.create_task(sink.write(batch))
+        write = asyncio.create_task(sink.write(stored(batch)))
         await asyncio.sleep(0.15)
         own_server.kill()
         outcomes = await write
@@ -603,7 +607,7 @@ async def test_a_crash_during_a_write_leaves_all_or_nothing(
         if kinds == {Delivered}:
             assert written == len(batch)
 
-        assert await sink.write(batch) == [DELIVERED] * len(batch)
+        assert await sink.write(stored(batch)) == [DELIVERED] * len(batch)
     assert await count(own_server.dsn) == len(batch)
 
 
@@ -616,7 +620,7 @@ async def test_healthcheck_fails_when_nothing_listens(
     async with WarehouseSink(dsn, connect_timeout=2) as sink:
         with pytest.raises(psycopg.OperationalError):
             await sink.healthcheck()
-        outcomes = await sink.write([make_event("m-1")])
+        outcomes = await sink.write(stored([make_event("m-1")]))
         assert isinstance(outcomes[0], Retry) and outcomes[0].reason
 
 
@@ -625,20 +629,20 @@ async def test_a_write_that_hangs_times_out_with_retry(warehouse: str) -> None:
         await locker.execute("LOCK TABLE krenalis_events IN ACCESS EXCLUSIVE MODE")
         async with WarehouseSink(warehouse, timeout=1) as sink:
             began = time.monotonic()
-            outcomes = await sink.write([make_event("m-1")])
+            outcomes = await sink.write(stored([make_event("m-1")]))
             assert time.monotonic() - began < 10
             assert outcomes == [Retry("the write did not finish within 1 s")]
             await locker.rollback()
-            assert await sink.write([make_event("m-1")]) == [DELIVERED]
+            assert await sink.write(stored([make_event("m-1")])) == [DELIVERED]
     assert await message_ids(warehouse) == {"m-1"}
 
 
 async def test_missing_table_is_retried_not_rejected(warehouse_dsn: str) -> None:
     async with WarehouseSink(warehouse_dsn) as sink:
-        outcomes = await sink.write([make_event("m-1")])
+        outcomes = await sink.write(stored([make_event("m-1")]))
         assert isinstance(outcomes[0], Retry) and "krenalis_events" in outcomes[0].reason
         await init_db(warehouse_dsn)
-        assert await sink.write([make_event("m-1")]) == [DELIVERED]
+        assert await sink.write(stored([make_event("m-1")])) == [DELIVERED]
 
 
 def test_error_classification() -> None:

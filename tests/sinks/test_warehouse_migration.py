@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from fixtures.cli import run_cli
+from fixtures.events import stored
 from krenalis.errors import SinkError
 from krenalis.sinks.base import DELIVERED
 from krenalis.sinks.warehouse import COLUMNS, WarehouseSink, event_to_row, init_db
@@ -116,7 +117,7 @@ async def test_after_the_migration_sources_no_longer_share_message_ids(old_wareh
     await init_db(old_warehouse)
     forged = make_event("m-1", "blog", event="Forged")  # m-1 is a row of "shop"
     async with WarehouseSink(old_warehouse) as sink:
-        assert await sink.write([forged]) == [DELIVERED]
+        assert await sink.write(stored([forged])) == [DELIVERED]
     rows = await fetch(
         old_warehouse,
         "SELECT connection_id, event, user_id FROM krenalis_events WHERE message_id = 'm-1' "

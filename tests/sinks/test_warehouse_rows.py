@@ -8,16 +8,22 @@ import copy
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from test_warehouse import FULL_EVENT, make_event
 
 from krenalis.errors import InvalidRow
-from krenalis.sinks.warehouse.rows import fast_row
+from krenalis.sinks.warehouse import rows
 from krenalis.sinks.warehouse.schema import COLUMNS, Kind, event_to_row
 
 _TIME = [i for i, c in enumerate(COLUMNS) if c.kind is Kind.TIME]
+
+
+def fast_row(event: dict[str, Any]) -> tuple | None:
+    """The fast row of `event` as the stream stores it."""
+    return rows.fast_row(msgspec.json.encode(event))
 
 
 def same_values(fast: tuple, careful: tuple) -> bool:
@@ -51,6 +57,9 @@ def test_what_the_collector_writes_takes_the_fast_path() -> None:
         lambda e: e.update(anonymousId=7),  # a key of another type
         lambda e: e.update(messageId=""),
         lambda e: e.pop("traits"),
+        lambda e: e.update(traits=None),  # a required object written as null
+        lambda e: e.update(traits=[1]),  # a required object that is no object
+        lambda e: e.update(properties={"a": "b\\u0000"}),  # a text that only looks like NUL
     ],
 )
 def test_what_needs_care_takes_the_careful_path(change) -> None:

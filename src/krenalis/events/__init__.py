@@ -16,7 +16,7 @@ from .decode import (
     parse_request,
 )
 from .users import MAX_ID_LENGTH, user_key
-from .wire import decode_event, encode_event
+from .wire import StoredEvent, decode_event, encode_event, read_event
 
 __all__ = [
     "EVENT_TYPES",
@@ -28,10 +28,12 @@ __all__ = [
     "DecodedRequest",
     "ParsedRequest",
     "Rejection",
+    "StoredEvent",
     "build_events",
     "decode_event",
     "decode_request",
     "encode_event",
     "parse_request",
+    "read_event",
     "user_key",
 ]

@@ -1,10 +1,15 @@
 """The stream's wire form of an event: what the collector publishes and a worker reads back.
 
 `build_events` (decode.py) makes the wire form; `encode_event` writes it to the stream and
-`decode_event` checks, on the consumer side, that bytes read back are one.
+`decode_event` checks, on the consumer side, that bytes read back are one. A worker reads each
+message with `read_event` instead: the same checks, and a :class:`StoredEvent` that keeps the
+bytes, so a sink that can use them (the warehouse's rows, a webhook's body) never has the event
+decoded to a dict and written back (bench/RESULTS.md, "Performance").
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal
 
 import msgspec
 
@@ -12,8 +17,9 @@ from krenalis.errors import InvalidEvent
 
 from .event import EVENT_TYPES
 from .jsontext import JSON_ERRORS, json_error_detail
+from .users import user_key
 
-__all__ = ["decode_event", "encode_event"]
+__all__ = ["StoredEvent", "decode_event", "encode_event", "read_event"]
 
 _decode_json = msgspec.json.Decoder().decode
 _encode_json = msgspec.json.Encoder().encode
@@ -85,3 +91,114 @@ def decode_event(data: bytes) -> dict:
         if name in event and type(event[name]) is not dict:
             raise InvalidEvent(f"event property '{name}' is not an object")
     return event
+
+
+class StoredEvent:
+    """An event as a worker holds it and a sink gets it: the wire form's bytes (``data``), the
+    few values the worker needs, and the decoded object (``fields``), made when first asked."""
+
+    __slots__ = ("data", "message_id", "connection_id", "user", "received_at", "_fields")
+
+    def __init__(
+        self,
+        data: bytes,
+        *,
+        message_id: str,
+        connection_id: str,
+        user: str,
+        received_at: str,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        self.data = data
+        self.message_id = message_id
+        self.connection_id = connection_id
+        #: The user whose events keep their order (:func:`krenalis.events.users.user_key`).
+        self.user = user
+        #: The wire form's receivedAt text (for the end-to-end latency).
+        self.received_at = received_at
+        self._fields = fields
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The event as a JSON object (decoded once, on first use)."""
+        if self._fields is None:
+            self._fields = _decode_json(self.data)
+        return self._fields
+
+    @classmethod
+    def of(cls, fields: dict[str, Any]) -> StoredEvent:
+        """The stored form of an event given as an object, unchecked (a sink must still cope
+        with what it cannot take: tests hand sinks odd events this way)."""
+        return _from_fields(_encode_json(fields), fields)
+
+    def __repr__(self) -> str:
+        return f"StoredEvent({self.data!r})"
+
+
+class _Checked(msgspec.Struct, forbid_unknown_fields=True):
+    """The wire form as :func:`decode_event` checks it, read in one pass: the objects stay raw
+    JSON (checked to be objects, not decoded)."""
+
+    connectionId: str
+    anonymousId: str
+    messageId: str
+    receivedAt: str
+    sentAt: str
+    originalTimestamp: str
+    timestamp: str
+    type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
+    traits: msgspec.Raw
+    properties: msgspec.Raw = msgspec.Raw(b"{}")
+    context: msgspec.Raw = msgspec.Raw(b"{}")
+    userId: str = ""
+    channel: str = ""
+    category: str = ""
+    event: str = ""
+    groupId: str = ""
+    name: str = ""
+    previousId: str = ""
+
+
+_read_checked = msgspec.json.Decoder(_Checked).decode
+
+
+def read_event(data: bytes) -> StoredEvent:
+    """The event in `data` (a message read from the stream), checked as :func:`decode_event`
+    checks it; raise InvalidEvent with its reason if it is not a valid event."""
+    try:
+        head = _read_checked(data)
+    except msgspec.DecodeError:
+        head = None
+    if head is None or not _objects(head):
+        # Not sure: the careful check gives the reason (or finds the event fine after all).
+        return _from_fields(data, decode_event(data))
+    return StoredEvent(
+        data,
+        message_id=head.messageId,
+        connection_id=head.connectionId,
+        user=head.anonymousId or head.userId,
+        received_at=head.receivedAt,
+    )
+
+
+def _objects(head: _Checked) -> bool:
+    return (
+        bytes(head.traits)[:1] == b"{"
+        and bytes(head.properties)[:1] == b"{"
+        and bytes(head.context)[:1] == b"{"
+    )
+
+
+def _from_fields(data: bytes, fields: dict[str, Any]) -> StoredEvent:
+    def text(name: str) -> str:
+        value = fields.get(name)
+        return value if isinstance(value, str) else ""
+
+    return StoredEvent(
+        data,
+        message_id=text("messageId"),
+        connection_id=text("connectionId"),
+        user=user_key(fields),
+        received_at=text("receivedAt"),
+        fields=fields,
+    )

@@ -1,7 +1,7 @@
 """The one small contract every sink (warehouse, webhook, file, ...) implements.
 
-A sink receives a batch of events (decoded JSON objects, as the collector published them) and
-answers, per event, one of three outcomes. The worker turns outcomes into NATS acks: a sink
+A sink receives a batch of events (:class:`krenalis.events.StoredEvent`: the bytes the collector
+published, and the decoded object as ``fields``) and answers, per event, one of three outcomes. The worker turns outcomes into NATS acks: a sink
 knows nothing about NATS.
 
 - ``Delivered``: committed (transaction committed, 2xx received, file fsynced) -> ack.
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 from msgspec import inspect as mi
 
+from krenalis.events.wire import StoredEvent
 from krenalis.workspace.values import Duration, dec_hook, describe, is_secret, redacted
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
     "SinkOptions",
 ]
 
-Event = dict[str, Any]
+Event = StoredEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,8 @@ Every request is a JSON ``POST`` with these headers:
 Responses map to the three outcomes of ``krenalis.sinks.base`` (see ``classify``). Redirects are
 not followed: a 3xx means the endpoint is misconfigured, which retrying does not fix.
 
+Each body is the event as the stream stores it (compact JSON, never decoded and written back).
+
 Within one ``write()`` call the events of one user (``krenalis.events.users.user_key``) are sent
 one after the other; once one of them is not delivered, the user's later events are not sent
 (they get ``Retry``), so a receiver never sees a user's events out of order. Different users are
@@ -52,21 +54,19 @@ import binascii
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import SplitResult, quote, urlsplit
 
 import aiohttp
 import msgspec
 
 from krenalis import __version__
-from krenalis.events.users import user_key
 from krenalis.sinks.base import DELIVERED, Delivered, Event, Outcome, Rejected, Retry, SinkOptions
 from krenalis.workspace.values import Duration, Headers, HttpUrl, SecretStr
 
@@ -391,31 +391,15 @@ class WebhookSink:
             outcomes[i] = blocker = await self._send_one(events[i])
 
     async def _send_one(self, event: Event) -> Outcome:
-        try:
-            body = _encode(event)
-        except (TypeError, ValueError) as exc:
-            return Rejected(f"the event cannot be encoded as JSON: {exc}")
-        return await self._post(body, _idempotency_key(event))
+        # The body is the event as stored: the collector's JSON, never decoded and written back.
+        return await self._post(event.data, _idempotency_key(event))
 
     # -- batch mode --
 
     async def _send_batch(self, events: list[Event]) -> list[Outcome]:
-        rejected: dict[int, Outcome] = {}
-        parts: list[bytes] = []
-        keys: list[str] = []
-        for i, event in enumerate(events):
-            try:
-                parts.append(_encode(event))
-            except (TypeError, ValueError) as exc:
-                # One unencodable event must not send the whole batch to the dead letters.
-                rejected[i] = Rejected(f"the event cannot be encoded as JSON: {exc}")
-                continue
-            keys.append(_idempotency_key(event) or "")
-        sent: Outcome = DELIVERED  # only used when something was sent
-        if parts:
-            body = b'{"batch":[' + b",".join(parts) + b"]}"
-            sent = await self._post(body, _batch_key(keys))
-        return [rejected.get(i, sent) for i in range(len(events))]
+        body = b'{"batch":[' + b",".join(e.data for e in events) + b"]}"
+        sent = await self._post(body, _batch_key([_idempotency_key(e) or "" for e in events]))
+        return [sent] * len(events)
 
     # -- one request --
 
@@ -509,22 +493,16 @@ def _group_by_user(events: list[Event]) -> dict[object, list[int]]:
     """Indexes of the events of each user, in batch order; events without a user stand alone."""
     groups: dict[object, list[int]] = {}
     for i, event in enumerate(events):
-        groups.setdefault(user_key(event) or i, []).append(i)
+        groups.setdefault(event.user or i, []).append(i)
     return groups
-
-
-def _encode(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _idempotency_key(event: Event) -> str | None:
     """``<connectionId>:<messageId>``, percent-encoded where a header needs it; None without
     a messageId (the request then carries no key)."""
-    message_id = event.get("messageId")
-    if not message_id:
+    if not event.message_id:
         return None
-    source = event.get("connectionId") or ""
-    return quote(f"{source}:{message_id}", safe=_KEY_SAFE)
+    return quote(f"{event.connection_id}:{event.message_id}", safe=_KEY_SAFE)
 
 
 def _batch_key(keys: list[str]) -> str:

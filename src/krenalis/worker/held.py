@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from krenalis import metrics
+from krenalis.events import StoredEvent
 from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry
 from krenalis.stream.consumer import Delivery
 
@@ -33,7 +34,7 @@ class Held:
     delivery: Delivery
     #: What the sink gets for this message: the event, or what the steps made of it (several
     #: when they fanned it out; those the sink took already are removed).
-    events: list[dict]
+    events: list[StoredEvent]
     user: str
     attempts: int = 0
     not_before: float = 0.0
@@ -70,7 +71,7 @@ def recovered(batch: list[Held], outcomes: list[Outcome]) -> bool:
     return retried_ok and not any(isinstance(o, Retry) for o in outcomes)
 
 
-def count_delivered(pipeline: str, events: list[dict]) -> None:
+def count_delivered(pipeline: str, events: list[StoredEvent]) -> None:
     """Metrics once per batch (a labelled child costs a lookup; per event it showed in profiles)."""
     metrics.DELIVERED.labels(pipeline).inc(len(events))
     latency = metrics.E2E_LATENCY.labels(pipeline)
@@ -78,9 +79,7 @@ def count_delivered(pipeline: str, events: list[dict]) -> None:
     # The events of one request share their receivedAt: each text is read once per batch.
     waited: dict[str, float | None] = {}
     for event in events:
-        received = event.get("receivedAt")
-        if not isinstance(received, str):
-            continue
+        received = event.received_at
         if received not in waited:
             waited[received] = _seconds_since(received, now)
         seconds = waited[received]

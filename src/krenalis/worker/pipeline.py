@@ -38,7 +38,7 @@ from nats.js import JetStreamContext
 from krenalis import metrics
 from krenalis.backoff import retry_delay
 from krenalis.errors import InvalidEvent
-from krenalis.events import decode_event, user_key
+from krenalis.events import StoredEvent, read_event
 from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry, Sink
 from krenalis.stream.consumer import Delivery, PipelineConsumer
 from krenalis.stream.deadletters import dead_letter
@@ -218,11 +218,11 @@ class PipelineWorker:
     async def _hold(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
             try:
-                event = decode_event(delivery.data)
+                event = read_event(delivery.data)
             except InvalidEvent as exc:
                 await self._dead_letter(Held(delivery, [], ""), f"invalid event data: {exc}")
                 continue
-            self.held.append(Held(delivery, [event], user_key(event)))
+            self.held.append(Held(delivery, [event], event.user))
         if deliveries:
             self._arrived.set()
 
@@ -243,7 +243,7 @@ class PipelineWorker:
                 self._tell("filtered", delivery.data, step=dropped_by)
                 continue
             try:
-                events = [decode_event(data) for data in outputs]
+                events = [read_event(data) for data in outputs]
             except InvalidEvent as exc:
                 metrics.FAILED.labels(self.pipeline).inc()
                 await self._dead_letter(
@@ -296,7 +296,7 @@ class PipelineWorker:
 
     async def _settle(self, batch: list[Held], outcomes: list[Outcome]) -> None:
         done: set[int] = set()
-        delivered: list[dict] = []
+        delivered: list[StoredEvent] = []
         acks: list[Delivery] = []
         for held, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Delivered):
@@ -365,7 +365,7 @@ class PipelineWorker:
             extra={"pipeline": self.pipeline, "reason": reason, "seq": delivery.stream_seq},
         )
 
-    def _tell(self, outcome: str, events: list[dict] | bytes, **details: object) -> None:
+    def _tell(self, outcome: str, events: list[StoredEvent] | bytes, **details: object) -> None:
         """An outcome for `krenalis tail`, while one watches this pipeline."""
         if self.tail is not None and self.tail.on:
             self.tail.note(outcome, events, **details)

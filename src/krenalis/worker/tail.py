@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from krenalis.events import StoredEvent
 from krenalis.stream.tail import TailInterest, outcomes_subject, publish
 
 __all__ = ["WorkerTail"]
@@ -42,7 +43,7 @@ class WorkerTail:
         """Whether a tail watches this pipeline (a clock read while nobody tails)."""
         return self.interest.active and self.interest.wants_pipeline(self.pipeline, self.source)
 
-    def note(self, outcome: str, events: list[dict] | bytes, **details: Any) -> None:
+    def note(self, outcome: str, events: list[StoredEvent] | bytes, **details: Any) -> None:
         """An outcome of a message: its events as held, or its stream bytes."""
         if len(self._buffer) >= MAX_BUFFERED:
             return
@@ -58,7 +59,7 @@ class WorkerTail:
         await publish(self.interest.nc, outcomes_subject(self.pipeline), record)
 
 
-def _about(events: list[dict] | bytes) -> list[dict[str, Any]]:
+def _about(events: list[StoredEvent] | bytes) -> list[dict[str, Any]]:
     if isinstance(events, bytes):
         try:
             summary = _summary(events)
@@ -66,7 +67,11 @@ def _about(events: list[dict] | bytes) -> list[dict[str, Any]]:
             return [{"messageId": "", "type": "", "event": None}]
         return [{"messageId": summary.messageId, "type": summary.type, "event": summary.event}]
     return [
-        {"messageId": e.get("messageId", ""), "type": e.get("type", ""), "event": e.get("event")}
+        {
+            "messageId": e.message_id,
+            "type": e.fields.get("type", ""),
+            "event": e.fields.get("event"),
+        }
         for e in events
     ]
 

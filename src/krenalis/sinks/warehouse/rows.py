@@ -1,16 +1,17 @@
-"""The fast way from a wire event to a row, for the events that need no care.
+"""The fast way from a stored event to a row, for the events that need no care.
 
-:func:`krenalis.sinks.warehouse.schema.event_to_row` walks an event key by key in Python and
-checks each value: about a third of a warehouse worker's CPU (bench/RESULTS.md,
+:func:`krenalis.sinks.warehouse.schema.event_to_row` walks a decoded event key by key in Python
+and checks each value: about a third of a warehouse worker's CPU (bench/RESULTS.md,
 "Performance"). Almost every event the collector wrote is well formed, so :func:`fast_row` lets
-msgspec do that walk in C: it converts the event to a Struct shaped like the columns (which
-checks every value's type), takes the 67 values with one ``attrgetter``, encodes the JSON
-columns and checks the timestamps. An event it is not sure of (a value of an unexpected type, a
-missing section written as ``null``, a NUL character anywhere, a timestamp not in the wire form)
-gets ``None``, and the careful path makes its row or its reason for refusing it. Both paths give
-PostgreSQL the same values (tests/sinks/test_warehouse_rows.py compares them), except that the
-timestamps go as their text (``2026-11-26T05:29:02.123``, the UTC time without its ``Z``)
-rather than as datetimes: PostgreSQL reads that text itself, for less work on our side.
+msgspec do that walk in C, from the stream's bytes: it decodes them straight into a Struct shaped
+like the columns (which checks every value's type, and keeps each JSON column's text as it is,
+``msgspec.Raw``), takes the 67 values with one compiled function and checks the timestamps. An
+event it is not sure of (a value of an unexpected type, a missing section written as ``null``,
+a NUL character anywhere, a timestamp not in the wire form) gets ``None``, and the careful path
+makes its row or its reason for refusing it. Both paths give PostgreSQL the same values
+(tests/sinks/test_warehouse_rows.py compares them), except that the timestamps go as their text
+(``2026-11-26T05:29:02.123``, the UTC time without its ``Z``) rather than as datetimes:
+PostgreSQL reads that text itself, for less work on our side.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ __all__ = ["fast_row"]
 #: A column of a single value: what the careful path passes to PostgreSQL as it is.
 _Value = str | int | float | bool | None
 
-#: The type the wire form gives each required column (schema's ``Column.required``): an object
-#: for traits, text for the others; anything else goes the careful way.
+#: The type the wire form gives each required column (schema's ``Column.required``): a JSON
+#: text (checked to be an object) for traits, text for the others; anything else goes the careful
+#: way.
 _REQUIRED_TYPES: dict[str, Any] = {
-    c.field: dict if c.kind is Kind.JSON else str for c in COLUMNS if c.required
+    c.field: msgspec.Raw if c.kind is Kind.JSON else str for c in COLUMNS if c.required
 }
 
 
@@ -49,7 +51,7 @@ def _struct(name: str, tree: dict[str, Any], prefix: str) -> type[msgspec.Struct
             required.append((key, _REQUIRED_TYPES[dotted]))
         else:
             kind = spec[1]
-            fields.append((key, Any if kind is Kind.JSON else _Value, None))
+            fields.append((key, msgspec.Raw if kind is Kind.JSON else _Value, None))
     return msgspec.defstruct(name, [*required, *fields])
 
 
@@ -78,23 +80,31 @@ def _flattener(struct: type[msgspec.Struct]) -> Callable[[msgspec.Struct], tuple
 
 _Event = _struct("_Event", _TREE, "")
 _values = _flattener(_Event)
-_JSON = tuple(i for i, c in enumerate(COLUMNS) if c.kind is Kind.JSON)
+_JSON = tuple((i, c.required) for i, c in enumerate(COLUMNS) if c.kind is Kind.JSON)
 _TIME = tuple(i for i, c in enumerate(COLUMNS) if c.kind is Kind.TIME)
-_convert = msgspec.convert
-_encode = msgspec.json.encode
+_decode = msgspec.json.Decoder(_Event).decode
 _NUL = b"\\u0000"
 
 
-def fast_row(event: Any) -> Row | None:
-    """The event's row in ``COLUMNS`` order, or None: take the careful path."""
-    try:
-        values = _values(_convert(event, _Event))
-    except msgspec.ValidationError:
+def fast_row(data: bytes) -> Row | None:
+    """The row of the event stored as `data`, in ``COLUMNS`` order, or None: take the careful
+    path."""
+    # One look at the whole text first: PostgreSQL cannot hold NUL, and the careful path strips
+    # it (an escaped backslash before "u0000" is declined too, which costs only care).
+    if _NUL in data:
         return None
-    row = list(values)
-    for i in _JSON:
-        if row[i] is not None:
-            row[i] = _encode(row[i]).decode()
+    try:
+        row = list(_values(_decode(data)))
+    except msgspec.DecodeError:
+        return None
+    for i, required in _JSON:
+        raw = row[i]
+        if raw is None:
+            continue
+        text = bytes(raw)
+        if required and text[:1] != b"{":
+            return None
+        row[i] = None if text == b"null" else text.decode()
     for i in _TIME:
         text = row[i]
         if not is_wire_form(text):
@@ -105,9 +115,5 @@ def fast_row(event: Any) -> Row | None:
             return None
         row[i] = text[:23]
     if not row[CONNECTION_ID] or not row[MESSAGE_ID]:
-        return None
-    # One look at every string and JSON text at once: PostgreSQL cannot hold NUL, and the
-    # careful path strips it.
-    if _NUL in _encode(row):
         return None
     return tuple(row)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import psycopg
@@ -45,9 +45,6 @@ __all__ = [
     "row_key",
     "schema_sql",
 ]
-
-if TYPE_CHECKING:
-    from krenalis.sinks.base import Event
 
 log = logging.getLogger("krenalis.warehouse")
 
@@ -199,7 +196,7 @@ def _convert(kind: Kind, value: Any, field: str) -> Any:
     return value
 
 
-def event_to_row(event: Event) -> Row:
+def event_to_row(event: dict[str, Any]) -> Row:
     """The event's values in ``COLUMNS`` order; raise ``InvalidRow`` if it cannot be one."""
     if not isinstance(event, dict):
         raise InvalidRow(f"the event is a {type(event).__name__}, not an object")

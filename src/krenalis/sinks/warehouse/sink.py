@@ -102,7 +102,7 @@ class WarehouseSink:
         owners: dict[Key, list[int]] = {}
         for i, event in enumerate(events):
             try:
-                row = fast_row(event) or event_to_row(event)
+                row = fast_row(event.data) or event_to_row(event.fields)
             except InvalidRow as exc:
                 outcomes[i] = Rejected(str(exc))
                 continue
