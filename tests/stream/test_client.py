@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from fixtures.nats_servers import connected
-from krenalis.stream.client import Client, parse_header_lines
+from krenalis.stream.client import Client, lean_next_msg, parse_header_lines
 from krenalis.stream.layout import STREAM, ensure_consumer
 from krenalis.stream.publisher import Publisher, copy_for
 
@@ -52,5 +54,32 @@ async def test_fetched_messages_have_their_headers(nats_settings) -> None:
         sub = await conn.js.pull_subscribe_bind("EVENTS_p_0", stream=STREAM)
         [msg] = await sub.fetch(1, timeout=5)
         assert msg.headers is not None and msg.headers["Nats-Msg-Id"].startswith("id-1")
+    finally:
+        await conn.close()
+
+
+async def test_a_lean_subscription_gets_its_messages_without_headers(nats_settings) -> None:
+    conn = await connected(nats_settings)
+    try:
+        await ensure_consumer(conn.js, "p", 0, 30)
+        copies = [copy_for("p", 0, b'{"n":%d}' % i, f"id-{i}") for i in range(5)]
+        await Publisher(conn.nc).publish(copies)
+        sub = await conn.js.pull_subscribe_bind("EVENTS_p_0", stream=STREAM)
+        lean_next_msg(sub._sub)
+        # More asked than stored: the server's "404 No Messages" status ends the fetch, as
+        # nats-py reads it.
+        msgs = await sub.fetch(10, timeout=5)
+        assert [m.data for m in msgs] == [b'{"n":%d}' % i for i in range(5)]
+        assert all(m.headers is None for m in msgs)
+        assert [m.metadata.sequence.stream for m in msgs] == [1, 2, 3, 4, 5]
+        for msg in msgs:
+            await msg.ack()
+        with pytest.raises(NatsTimeoutError):  # nothing left: the "408" status, then a timeout
+            await sub.fetch(1, timeout=0.5)
+        await Publisher(conn.nc).publish([copy_for("p", 0, b'{"n":5}', "id-5")])
+        [late] = await sub.fetch(1, timeout=5)
+        assert late.data == b'{"n":5}'
+        assert conn.nc.stats["in_msgs"] >= 6
+        await sub.unsubscribe()  # else the drain on close waits for its pending pull (30 s)
     finally:
         await conn.close()

@@ -10,7 +10,10 @@ them on generated header blocks); if nats-py renames the method, the override is
 Fetching, nats-py's pull `fetch` takes each message of a batch with `Subscription.next_msg`,
 which makes a uuid, a task and a `wait_for` timer per message even when the message is already
 queued: :func:`lean_next_msg` takes a queued message at once and leaves the waiting to nats-py
-(bench/RESULTS.md, "Performance").
+(bench/RESULTS.md, "Performance"). It also marks the subscription lean: the stream's messages
+it receives are queued without their headers parsed into a dict (two coroutines and a dict per
+message; a worker reads no header). Status messages (``NATS/1.0 404``..., no payload), which
+nats-py's fetch reads, still go nats-py's way.
 
 Publishing, nats-py checks each header name with a regular expression, builds each command on
 its own and asks its flusher for a flush per message: about 9 us per message with the four
@@ -50,18 +53,53 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
+#: Where a status message's headers have a space: ``NATS/1.0 404``.
+_STATUS_AT = len(b"NATS/1.0")
+_SPACE = ord(" ")
+
+
 class Client(_NatsClient):
     _parse_header_lines = staticmethod(parse_header_lines)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Subscriptions whose messages are queued without their headers (:func:`lean_next_msg`).
+        self.lean_sids: set[int] = set()
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        sub = self._subs.get(sid) if sid in self.lean_sids else None
+        if (
+            sub is None
+            or not data
+            or (headers and headers[_STATUS_AT] == _SPACE)
+            or sub._max_msgs > 0
+            or sub._pending_queue.full()
+            or 0 < sub._pending_bytes_limit <= sub._pending_size + len(data)
+        ):
+            # Anything unusual (a status, a limit reached): nats-py's way, errors included.
+            return await super()._process_msg(sid, subject, reply, data, headers)
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        sub._received += 1
+        sub._pending_size += len(data)
+        sub._pending_queue.put_nowait(
+            Msg(self, subject.decode(), reply.decode(), data, None, _sid=sid)
+        )
 
 
 def lean_next_msg(sub: Subscription) -> Subscription:
     """Make `sub.next_msg` return a message already queued without a task or a timer, as
     nats-py's does after its wait (the same bookkeeping); an empty queue, a closed connection
-    or a callback subscription go to nats-py's own `next_msg`."""
+    or a callback subscription go to nats-py's own `next_msg`. On our :class:`Client`, the
+    subscription's messages also come without their headers."""
     slow = sub.next_msg
     queue = sub._pending_queue
     if sub._cb is not None:
         return sub
+    if isinstance(sub._conn, Client):
+        sub._conn.lean_sids.add(sub._id)
 
     async def next_msg(timeout: float | None = 1.0) -> Msg:
         if queue.empty() or sub._conn.is_closed:

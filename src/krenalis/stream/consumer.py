@@ -76,10 +76,6 @@ class Delivery:
         return self.msg.data
 
     @property
-    def headers(self) -> dict[str, str]:
-        return self.msg.headers or {}
-
-    @property
     def stream_seq(self) -> int:
         return _stream_seq(self.msg.reply)
 
