@@ -27,7 +27,7 @@ class WorkerSettings:
     max_held: int = 10_000
 
 
-@dataclass
+@dataclass(slots=True)
 class Held:
     """A fetched event waiting for its sink."""
 

@@ -185,7 +185,7 @@ class WarehouseSink:
         conn = await self._connection()
         rejected: dict[Key, str] = {}
         async with conn.transaction(), conn.cursor() as cur:
-            await cur.execute(self._statements.create_temp)
+            await cur.execute(self._statements.create_temp_sql)
             await self._write_all(cur, rows, rejected)
         return rejected
 
@@ -219,11 +219,11 @@ class WarehouseSink:
         try:
             async with cur.connection.transaction():
                 if truncate:
-                    await cur.execute(self._statements.truncate_temp)
-                async with cur.copy(self._statements.copy) as copy:
+                    await cur.execute(self._statements.truncate_temp_sql)
+                async with cur.copy(self._statements.copy_sql) as copy:
                     for row in rows:
                         await copy.write_row(row)
-                await cur.execute(self._statements.upsert)
+                await cur.execute(self._statements.upsert_sql)
         except psycopg.Error as exc:
             if is_retriable(exc):
                 raise
@@ -241,6 +241,7 @@ class WarehouseSink:
             connect_timeout=max(1, round(self._connect_timeout)),
             application_name="krenalis-warehouse",
         )
+        self._statements.render(self._conn)
         info = self._conn.info
         log.info(
             "Connected to the warehouse.",
@@ -265,7 +266,8 @@ class WarehouseSink:
 
 
 class _Statements:
-    """The SQL of a write, composed once per table."""
+    """The SQL of a write, composed once per table and rendered once per connection (psycopg
+    renders a composed statement again at every execute: it showed in the worker's profile)."""
 
     def __init__(self, table: sql.Identifier) -> None:
         temp = sql.Identifier(TEMP_TABLE)
@@ -286,3 +288,11 @@ class _Statements:
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} "
             "ORDER BY {key} ON CONFLICT ({key}) DO UPDATE SET {updates}"
         ).format(table=table, cols=cols, temp=temp, key=key, updates=updates)
+        self.create_temp_sql = self.truncate_temp_sql = self.copy_sql = self.upsert_sql = b""
+
+    def render(self, conn: psycopg.AsyncConnection) -> None:
+        """The statements as the bytes sent on `conn`."""
+        self.create_temp_sql = self.create_temp.as_bytes(conn)
+        self.truncate_temp_sql = self.truncate_temp.as_bytes(conn)
+        self.copy_sql = self.copy.as_bytes(conn)
+        self.upsert_sql = self.upsert.as_bytes(conn)
