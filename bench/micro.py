@@ -4,10 +4,13 @@
   :func:`krenalis.stream.client.lean_next_msg`, alternating.
 - `http`: one POST per event to bench/receiver.py, 8 at a time: httpx, aiohttp, and the webhook
   sink, alternating; requests/s and this process's CPU per request.
-- `rows`: the warehouse's careful row (`schema.event_to_row`) against the fast one
-  (`rows.fast_row`), per event, on the load generator's events.
+- `rows`: from a stored message to the warehouse's row, per event, on the load generator's
+  events: decoded to a dict and the careful row (`schema.event_to_row`), against
+  `read_event` (the worker's check) and the fast row from the bytes (`rows.fast_row`).
+- `commands`: the HPUB commands of an atomic batch, a dict of headers per message joined as
+  text (as the publisher made them before) against `publisher.batch_commands`.
 
-Run: python -m bench.micro fetch|http|rows [--rounds 3]
+Run: python -m bench.micro fetch|http|rows|commands [--rounds 3]
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ __all__ = ["main"]
 
 
 async def _fetch_once(url: str, lean: bool, count: int) -> tuple[float, float]:
-    import nats
     from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-    from krenalis.stream.client import lean_next_msg
+    from krenalis.stream.client import Client, lean_next_msg
 
-    nc = await nats.connect(url)
+    nc = Client()
+    await nc.connect(url)
     js = nc.jetstream()
     with contextlib.suppress(Exception):  # none yet
         await js.delete_stream("MICRO")
@@ -140,27 +143,67 @@ def http(rounds: int) -> None:
 
 def rows(rounds: int) -> None:
     from bench.baseline import payloads
-    from krenalis.events.wire import decode_event
+    from krenalis.events.wire import decode_event, read_event
     from krenalis.sinks.warehouse.rows import fast_row
     from krenalis.sinks.warehouse.schema import event_to_row
 
-    events = [decode_event(data) for data, _ in payloads(1000)]
+    stored = [data for data, _ in payloads(1000)]
+
+    def careful(data: bytes) -> Any:
+        return event_to_row(decode_event(data))
+
+    def fast(data: bytes) -> Any:
+        return fast_row(read_event(data).data)
 
     def per_event(convert: Any) -> float:
-        runs = timeit.repeat(lambda: [convert(e) for e in events], number=1, repeat=15)
-        return min(runs) / len(events) * 1e6
+        runs = timeit.repeat(lambda: [convert(d) for d in stored], number=1, repeat=15)
+        return min(runs) / len(stored) * 1e6
 
     for _ in range(rounds):
-        print(f"event_to_row {per_event(event_to_row):.1f} us/event, "
-              f"fast_row {per_event(fast_row):.1f} us/event")  # fmt: skip
+        print(f"decode_event + event_to_row {per_event(careful):.1f} us/event, "
+              f"read_event + fast_row {per_event(fast):.1f} us/event")  # fmt: skip
+
+
+def _commands_before(messages: list[Any], batch_id: str) -> list[bytes]:
+    """The publisher's commands before `batch_commands`: a dict of headers per message."""
+    commands = []
+    for number, msg in enumerate(messages, 1):
+        headers = {"Nats-Msg-Id": msg.msg_id, "Nats-Batch-Id": batch_id}
+        headers["Nats-Batch-Sequence"] = str(number)
+        if msg.ttl:
+            headers["Nats-TTL"] = str(msg.ttl)
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        head = f"NATS/1.0\r\n{lines}\r\n".encode()
+        size = len(head) + len(msg.data)
+        commands.append(b"HPUB %s  %d %d\r\n%s%s\r\n" % (msg.subject.encode(), len(head), size, head, msg.data))  # fmt: skip
+    return commands
+
+
+def commands(rounds: int) -> None:
+    import uuid
+
+    from krenalis.stream.publisher import OutMessage, batch_commands
+
+    messages = [OutMessage("events.v1.p1.0", b"x" * 700, f"{uuid.uuid4()}/p1") for _ in range(100)]
+    messages += [OutMessage("events.v1._archive.web", b"x" * 700, f"{uuid.uuid4()}/_a", 604800)
+                 for _ in range(100)]  # fmt: skip
+    batch_id = uuid.uuid4().hex
+    assert _commands_before(messages, batch_id) == batch_commands(messages, batch_id)
+    for _ in range(rounds):
+        for name, make in (
+            ("dict of headers", _commands_before),
+            ("batch_commands", batch_commands),
+        ):
+            runs = timeit.repeat(lambda m=make: m(messages, batch_id), number=20, repeat=5)
+            print(f"{name}: {min(runs) / 20 / len(messages) * 1e6:.2f} us/message")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("fetch", "http", "rows"))
+    p.add_argument("what", choices=("fetch", "http", "rows", "commands"))
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
-    {"fetch": fetch, "http": http, "rows": rows}[args.what](args.rounds)
+    {"fetch": fetch, "http": http, "rows": rows, "commands": commands}[args.what](args.rounds)
 
 
 if __name__ == "__main__":

@@ -17,21 +17,19 @@ nats-py's fetch reads, still go nats-py's way.
 
 Publishing, nats-py checks each header name with a regular expression, builds each command on
 its own and asks its flusher for a flush per message: about 9 us per message with the four
-headers of an atomic batch's copies, against under 2 us for :func:`hpub` plus one
-:func:`publish_many` per batch (bench/RESULTS.md, "Archive"). Our headers need no check: their
-names are ours and their values hold no line break (:func:`krenalis.stream.publisher.header_safe`).
+headers of an atomic batch's copies, against under 2 us for the commands of
+:func:`krenalis.stream.publisher.batch_commands` sent by one :func:`publish_many` per batch
+(bench/RESULTS.md, "Archive").
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 from nats import errors
 from nats.aio.client import Client as _NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["Client", "hpub", "lean_next_msg", "publish_many"]
+__all__ = ["Client", "lean_next_msg", "publish_many"]
 
 _CRLF = b"\r\n"
 
@@ -113,17 +111,8 @@ def lean_next_msg(sub: Subscription) -> Subscription:
     return sub
 
 
-def hpub(subject: str, headers: Mapping[str, str], payload: bytes) -> bytes:
-    """One HPUB command without a reply subject, as nats-py's publish writes it. The header
-    names must be tokens and the values free of CR and LF: the caller's are."""
-    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    head = f"NATS/1.0\r\n{lines}\r\n".encode()
-    size = len(head) + len(payload)
-    return b"HPUB %s  %d %d\r\n%s%s\r\n" % (subject.encode(), len(head), size, head, payload)
-
-
 async def publish_many(nc: _NatsClient, commands: list[bytes]) -> None:
-    """Send commands made by :func:`hpub` in one write to the client's buffer and one flush,
+    """Send commands (``batch_commands``) in one write to the client's buffer and one flush,
     with the checks nats-py's publish makes (closed, draining, buffer full while away)."""
     if nc.is_closed:
         raise errors.ConnectionClosedError

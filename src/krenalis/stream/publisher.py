@@ -30,7 +30,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from krenalis.backoff import Backoff
 from krenalis.errors import PublishError
-from krenalis.stream.client import hpub, publish_many
+from krenalis.stream.client import publish_many
 from krenalis.stream.layout import STREAM, subject
 
 __all__ = ["OutMessage", "Publisher", "copy_for", "header_safe", "message_id"]
@@ -77,6 +77,28 @@ def header_safe(event_message_id: str) -> str:
         return event_message_id
     digest = hashlib.sha256(event_message_id.encode("utf-8", "surrogatepass")).hexdigest()
     return f"sha256:{digest}"
+
+
+def batch_commands(messages: list[OutMessage], batch_id: str) -> list[bytes]:
+    """The HPUB commands (no reply subject) of an atomic batch's messages but its commit, as
+    nats-py's publish would write them with the headers ``Nats-Msg-Id``, ``Nats-Batch-Id``,
+    ``Nats-Batch-Sequence`` (from 1) and, for a message with a ttl, ``Nats-TTL``.
+
+    Written straight as bytes: nats-py checks each header name with a regular expression and
+    builds each command on its own (about 9 us per message with these four headers); a dict of
+    headers per message joined as text cost 2.6 us, this 1.4 (``python -m bench.micro commands``).
+    The names are ours and the values hold no line break (:func:`header_safe`)."""
+    start = b"NATS/1.0\r\nNats-Msg-Id: "
+    middle = b"\r\nNats-Batch-Id: %s\r\nNats-Batch-Sequence: " % batch_id.encode()
+    commands = []
+    for number, msg in enumerate(messages, 1):
+        ttl = b"Nats-TTL: %d\r\n" % msg.ttl if msg.ttl else b""
+        head = b"%s%s%s%d\r\n%s\r\n" % (start, msg.msg_id.encode(), middle, number, ttl)
+        size = len(head) + len(msg.data)
+        commands.append(
+            b"HPUB %s  %d %d\r\n%s%s\r\n" % (msg.subject.encode(), len(head), size, head, msg.data)
+        )
+    return commands
 
 
 def copy_for(pipeline: str, shard: int, data: bytes, event_message_id: str) -> OutMessage:
@@ -265,18 +287,10 @@ class Publisher:
     async def _atomic(self, messages: list[OutMessage]) -> PubAck:
         batch_id = uuid.uuid4().hex
         last = len(messages)
-        max_payload = self.nc.max_payload
-        commands = []
-        for number, msg in enumerate(messages[:-1], 1):
-            if len(msg.data) > max_payload:
-                raise MaxPayloadError
-            headers = {"Nats-Msg-Id": msg.msg_id, "Nats-Batch-Id": batch_id}
-            headers["Nats-Batch-Sequence"] = str(number)
-            if msg.ttl:
-                headers["Nats-TTL"] = str(msg.ttl)
-            commands.append(hpub(msg.subject, headers, msg.data))
+        if any(len(msg.data) > self.nc.max_payload for msg in messages):
+            raise MaxPayloadError
         # One write for the batch: nats-py's publish per message was most of its cost.
-        await publish_many(self.nc, commands)
+        await publish_many(self.nc, batch_commands(messages[:-1], batch_id))
         commit = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(last)}
         commit["Nats-Batch-Commit"] = "1"
         future = await self.inbox.send(messages[-1], commit)
