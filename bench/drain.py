@@ -71,6 +71,7 @@ def _worker_process(url: str, sink: dict[str, str], shard: int, go: Any, out: An
 
 async def _drain_shard(url: str, sink_spec: dict[str, str], shard: int, go: Any) -> tuple:
     from krenalis.config import load_settings
+    from krenalis.runtime.memory import settle_garbage_collector
     from krenalis.sinks.warehouse import WarehouseSink
     from krenalis.sinks.webhook import WebhookOptions, WebhookSink
     from krenalis.stream.connection import NatsConnection
@@ -84,6 +85,7 @@ async def _drain_shard(url: str, sink_spec: dict[str, str], shard: int, go: Any)
     else:
         sink = WebhookSink(WebhookOptions(url=sink_spec["url"]))  # type: ignore[arg-type]
     try:
+        settle_garbage_collector()  # as `krenalis worker` does once started
         while not go.is_set():  # every process connected before the clock starts
             await asyncio.sleep(0.01)
         worker = PipelineWorker(conn.js, PIPELINE, sink, shard=shard)

@@ -135,9 +135,10 @@ class StoredEvent:
         return f"StoredEvent({self.data!r})"
 
 
-class _Checked(msgspec.Struct, forbid_unknown_fields=True):
+class _Checked(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """The wire form as :func:`decode_event` checks it, read in one pass: the objects stay raw
-    JSON (checked to be objects, not decoded)."""
+    JSON (checked to be objects, not decoded). Not tracked by the garbage collector: it holds
+    only texts."""
 
     connectionId: str
     anonymousId: str

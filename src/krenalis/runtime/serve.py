@@ -29,6 +29,7 @@ from krenalis.collector.server import HTTPServer, listening_socket
 from krenalis.config import Settings
 from krenalis.runtime.children import Child
 from krenalis.runtime.follow import Follower
+from krenalis.runtime.memory import settle_garbage_collector
 from krenalis.runtime.service import register
 from krenalis.runtime.stream import StreamRuntime
 from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
@@ -125,6 +126,7 @@ async def _run(settings: Settings, roles: Roles, name: str) -> int:
     process = _Process(settings, roles, name)
     try:
         await process.start()
+        settle_garbage_collector()
         if settings.child:
             log.info("Child process ready.", extra={"role": name})
         else:
