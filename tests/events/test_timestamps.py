@@ -5,6 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from krenalis.events.timestamps import format_timestamp
 
 from ._helpers import RECEIVED_AT_TEXT, decode, one, reason, track
 
@@ -121,3 +125,9 @@ def test_invalid_timestamps(name: str, value: str, problem: str) -> None:
 def test_original_timestamp_is_validated_too() -> None:
     event = track(originalTimestamp="nope", timestamp="2026-11-26T05:29:02Z")
     assert reason(event) == "property 'originalTimestamp' is not a valid ISO 8601 timestamp"
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_format_timestamp_is_the_iso_form_to_the_millisecond(value: datetime) -> None:
+    expected = value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert format_timestamp(value) == expected

@@ -42,9 +42,13 @@ def to_utc(value: datetime) -> datetime:
 
 def format_timestamp(value: datetime) -> str:
     """Format an aware UTC datetime as "YYYY-MM-DDTHH:MM:SS.mmmZ", truncated to milliseconds."""
-    # isoformat on an aware UTC value always ends with "+00:00"; swapping it is cheaper than
-    # building the string field by field.
-    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
+    # Field by field with %: a third less than isoformat(timespec=...) with its "+00:00"
+    # swapped, half of an f-string's time; it showed in the collector's profile (it formats each
+    # corrected timestamp).
+    v = value
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond // 1000
+    )  # fmt: skip
 
 
 def is_wire_form(text: str) -> bool:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 from nats.aio.client import Client
@@ -53,10 +53,11 @@ MIN_ATOMIC = 20
 GROUPS_IN_FLIGHT = 4
 
 
-@dataclass(frozen=True, slots=True)
-class OutMessage:
+class OutMessage(NamedTuple):
     """One message to store: ``ttl`` (whole seconds) makes the stream remove it by itself
-    then (an archive copy); 0: kept until removed."""
+    then (an archive copy); 0: kept until removed. A named tuple: the collector makes two per
+    event, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field) showed
+    in its profile."""
 
     subject: str
     data: bytes
