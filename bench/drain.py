@@ -8,7 +8,8 @@ one pipeline; then runs one worker process per shard (a `PipelineWorker` with th
 `krenalis worker` runs it) until the consumers are empty, and checks that the sink got every
 event once. Prints the events/s of all the workers together and the CPU time of each worker
 process per event it delivered (the workers' cost without the collector's competition for the
-cores; nats-server, PostgreSQL and the receiver run in their own processes).
+cores; nats-server, PostgreSQL and the receiver run in their own processes), and the CPU time
+those servers spent meanwhile, per event (where the other core goes).
 
 `--shards 2` against `--shards 1` is the scale-out figure: two worker processes on one pipeline.
 
@@ -106,8 +107,28 @@ async def _drain_shard(url: str, sink_spec: dict[str, str], shard: int, go: Any)
         await conn.close()
 
 
-def drain_once(url: str, sink: dict[str, str], events: int, shards: int) -> dict[str, float]:
-    """One drain of `events` fresh events by `shards` worker processes."""
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU seconds of process `pid` and of its children, those it has reaped included (the
+    PostgreSQL backends); 0 without a process."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    proc = psutil.Process(pid)
+    own = proc.cpu_times()
+    total = own.user + own.system + own.children_user + own.children_system
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def drain_once(
+    url: str, sink: dict[str, str], events: int, shards: int, servers: tuple[int | None, ...] = ()
+) -> dict[str, float]:
+    """One drain of `events` fresh events by `shards` worker processes; with the PIDs of
+    `servers` (nats-server, PostgreSQL or the receiver), their CPU per event too."""
     import uvloop
 
     uvloop.run(fill(url, events, shards))
@@ -120,8 +141,10 @@ def drain_once(url: str, sink: dict[str, str], events: int, shards: int) -> dict
     for child in children:
         child.start()
     time.sleep(2.0)  # imports and connections
+    servers_before = [_cpu_seconds(pid) for pid in servers]
     go.set()
     results = [out.get(timeout=180) for _ in children]
+    servers_cpu = [_cpu_seconds(pid) - b for pid, b in zip(servers, servers_before, strict=True)]
     for child in children:
         child.join(10)
     errors = [r[2] for r in results if r[2]]
@@ -129,7 +152,11 @@ def drain_once(url: str, sink: dict[str, str], events: int, shards: int) -> dict
         raise SystemExit(f"the sink refused events: {errors[0]}")
     elapsed = max(r[0] for r in results)
     cpu = sum(r[1] for r in results)
-    return {"events_per_s": events / elapsed, "us_per_event": cpu / events * 1e6}
+    row = {"events_per_s": events / elapsed, "us_per_event": cpu / events * 1e6}
+    # The servers' CPU from the start to a little after the end (the workers' exit): an upper
+    # bound of what the drain cost them.
+    row["servers_us_per_event"] = sum(servers_cpu) / events * 1e6
+    return row
 
 
 def _count_webhook(receiver_url: str) -> tuple[int, int]:
@@ -162,8 +189,10 @@ def main(argv: list[str] | None = None) -> None:
         rows = run(Path(tmp), args.sink, args.events, args.shards, args.sync, args.repeat)
     rates = [r["events_per_s"] for r in rows]
     cpu = [r["us_per_event"] for r in rows]
+    servers = [r["servers_us_per_event"] for r in rows]
     print(f"median: {statistics.median(rates):,.0f} ev/s, worker CPU "
-          f"{statistics.median(cpu):.1f} us/event", flush=True)  # fmt: skip
+          f"{statistics.median(cpu):.1f} us/event, nats-server and the {args.sink} "
+          f"{statistics.median(servers):.1f} us/event", flush=True)  # fmt: skip
 
 
 def run(
@@ -192,7 +221,9 @@ def run(
             sink = {"kind": "webhook", "url": rx.url}
         for n in range(repeat):
             before = _count_webhook(rx.url) if rx is not None else (0, 0)
-            row = drain_once(nats.url, sink, events, shards)
+            other = pg.pid if pg is not None else rx.proc.pid  # type: ignore[union-attr]
+            servers = (nats.pid, other)
+            row = drain_once(nats.url, sink, events, shards, servers)
             if pg is not None:
                 got = (uvloop.run(_count_warehouse(pg.dsn)),) * 2
             else:
@@ -204,7 +235,8 @@ def run(
             rows.append(row)
             print(f"drain {n + 1}: {events:,} events to the {sink_kind}, {shards} "
                   f"worker process(es): {row['events_per_s']:,.0f} ev/s, worker CPU "
-                  f"{row['us_per_event']:.1f} us/event (sync {sync})", flush=True)  # fmt: skip
+                  f"{row['us_per_event']:.1f} us/event; nats-server and the {sink_kind} "
+                  f"{row['servers_us_per_event']:.1f} us/event (sync {sync})", flush=True)  # fmt: skip
     finally:
         if rx is not None:
             rx.stop()
