@@ -311,12 +311,21 @@ class PipelineWorker:
             elif await self._schedule_retry(held, outcome):
                 done.add(id(held))
         await self.consumer.ack_all(acks)
-        self.held = [h for h in self.held if id(h) not in done]
+        self._forget(batch, done)
         if delivered:
             count_delivered(self.pipeline, delivered)
         if recovered(batch, outcomes):
             self._due_now()
         self._note_health(outcomes)
+
+    def _forget(self, batch: list[Held], done: set[int]) -> None:
+        """Drop the settled events from what is held. Usually the batch was the start of it and
+        all went: then that start is cut off, rather than the whole list (up to 10,000 events)
+        walked for each batch."""
+        if len(done) == len(batch) and all(h is b for h, b in zip(self.held, batch, strict=False)):
+            del self.held[: len(batch)]
+        else:
+            self.held = [h for h in self.held if id(h) not in done]
 
     def _due_now(self) -> None:
         """The sink took a retried event and failed none: the outage is over, so events waiting
