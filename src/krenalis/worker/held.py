@@ -12,7 +12,15 @@ from krenalis.events import StoredEvent
 from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry
 from krenalis.stream.consumer import Delivery
 
-__all__ = ["Held", "WorkerSettings", "combined", "count_delivered", "recovered"]
+__all__ = [
+    "Held",
+    "WorkerSettings",
+    "combined",
+    "count_delivered",
+    "due_batch",
+    "forget_settled",
+    "recovered",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,34 @@ class Held:
     last_reason: str = field(default="")
     #: The wait came from the sink (Retry-After), not from our backoff: always honour it.
     sink_wait: bool = False
+
+
+def due_batch(held: list[Held], limit: int) -> list[Held]:
+    """Up to `limit` due events in fetch order, skipping users whose earlier event waits for a
+    retry."""
+    now = time.monotonic()
+    waiting_users: set[str] = set()
+    batch: list[Held] = []
+    for entry in held:
+        if entry.user in waiting_users:
+            continue
+        if entry.not_before > now:
+            waiting_users.add(entry.user)
+            continue
+        batch.append(entry)
+        if len(batch) >= limit:
+            break
+    return batch
+
+
+def forget_settled(held: list[Held], batch: list[Held], done: set[int]) -> None:
+    """Remove from `held` the entries of `batch` whose ids are in `done`. Usually the batch was
+    the start of `held` and all went: then that start is cut off, rather than the whole list (up
+    to 10,000 events) walked for each batch."""
+    if len(done) == len(batch) and all(h is b for h, b in zip(held, batch, strict=False)):
+        del held[: len(batch)]
+    else:
+        held[:] = [h for h in held if id(h) not in done]
 
 
 def combined(batch: list[Held], outcomes: list[Outcome]) -> list[Outcome]:

@@ -43,7 +43,15 @@ from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry, Sink
 from krenalis.stream.consumer import Delivery, PipelineConsumer
 from krenalis.stream.deadletters import dead_letter
 from krenalis.transforms.process import TransformProcess
-from krenalis.worker.held import Held, WorkerSettings, combined, count_delivered, recovered
+from krenalis.worker.held import (
+    Held,
+    WorkerSettings,
+    combined,
+    count_delivered,
+    due_batch,
+    forget_settled,
+    recovered,
+)
 from krenalis.worker.tail import WorkerTail
 
 __all__ = ["PipelineWorker", "WorkerSettings"]
@@ -164,7 +172,7 @@ class PipelineWorker:
         if self.consumer.generation != self._generation:
             self._drop_stale()
         self._arrived.clear()  # before looking: an arrival from now on wakes the wait below
-        batch = self._due_batch()
+        batch = due_batch(self.held, self.settings.batch_max_events)
         if batch:
             outcomes = await self._write(batch)
             await self._settle(batch, outcomes)
@@ -264,22 +272,6 @@ class PipelineWorker:
             return self.settings.batch_max_wait
         return max(0.05, min(self.settings.batch_max_wait, min(waits) - time.monotonic()))
 
-    def _due_batch(self) -> list[Held]:
-        """Due events in fetch order, skipping users whose earlier event waits for a retry."""
-        now = time.monotonic()
-        waiting_users: set[str] = set()
-        batch: list[Held] = []
-        for held in self.held:
-            if held.user in waiting_users:
-                continue
-            if held.not_before > now:
-                waiting_users.add(held.user)
-                continue
-            batch.append(held)
-            if len(batch) >= self.settings.batch_max_events:
-                break
-        return batch
-
     async def _write(self, batch: list[Held]) -> list[Outcome]:
         """One outcome per held message (see _combined for one the steps fanned out)."""
         events = [event for held in batch for event in held.events]
@@ -311,21 +303,12 @@ class PipelineWorker:
             elif await self._schedule_retry(held, outcome):
                 done.add(id(held))
         await self.consumer.ack_all(acks)
-        self._forget(batch, done)
+        forget_settled(self.held, batch, done)
         if delivered:
             count_delivered(self.pipeline, delivered)
         if recovered(batch, outcomes):
             self._due_now()
         self._note_health(outcomes)
-
-    def _forget(self, batch: list[Held], done: set[int]) -> None:
-        """Drop the settled events from what is held. Usually the batch was the start of it and
-        all went: then that start is cut off, rather than the whole list (up to 10,000 events)
-        walked for each batch."""
-        if len(done) == len(batch) and all(h is b for h, b in zip(self.held, batch, strict=False)):
-            del self.held[: len(batch)]
-        else:
-            self.held = [h for h in self.held if id(h) not in done]
 
     def _due_now(self) -> None:
         """The sink took a retried event and failed none: the outage is over, so events waiting
