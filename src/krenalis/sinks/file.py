@@ -170,10 +170,12 @@ def _line(event: Event) -> str:
 
 
 def _received_day(event: Event) -> date:
-    value = event.received_at  # "" when the event had none
+    value = event.received_at
     try:
+        if not isinstance(value, str):
+            raise TypeError(value)
         when = datetime.fromisoformat(value)
-    except ValueError:
+    except (TypeError, ValueError):
         raise ValueError(f"receivedAt is missing or not an ISO 8601 timestamp: {value!r}") from None
     if when.tzinfo is None:  # The collector writes UTC; a naive value can only mean UTC.
         return when.date()
