@@ -23,7 +23,7 @@ from e2e_support import (
     jetstream,
     make_event,
     post_events,
-    stream_empty,
+    subject_counts,
     wait_for,
     warehouse_rows,
     warehouse_stats,
@@ -104,14 +104,20 @@ def hashed(value: str) -> str:
 
 
 async def drained(js, rx: WebhookReceiver, dsn: str, rows: int, posts: int, letters: int):
+    seen: list[object] = []
+
     async def done() -> bool:
         dead = await list_dead_letters(js)
         stored, _ = await warehouse_stats(dsn)
-        return (stored, len(rx.bodies), len(dead)) == (rows, posts, letters) and await stream_empty(
-            js
-        )
+        state = (stored, len(rx.bodies), len(dead), await subject_counts(js))
+        seen[:] = [state]
+        return state[:3] == (rows, posts, letters) and not any(state[3].values())
 
-    await wait_for(done, what=f"{rows} rows, {posts} posts, {letters} dead letters, EVENTS empty")
+    what = f"{rows} rows, {posts} posts, {letters} dead letters, EVENTS empty"
+    try:
+        await wait_for(done, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen (rows, posts, letters, subjects): {seen}") from None
     await asyncio.sleep(1.0)  # anything delivered twice would show up meanwhile
     assert (await warehouse_stats(dsn))[0] == rows and len(rx.bodies) == posts
     return await list_dead_letters(js)

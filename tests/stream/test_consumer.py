@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -128,6 +129,33 @@ async def test_close_hands_back_unsettled_messages(nats_server):
         # Redelivered at once, not after the 30 s AckWait.
         again = await fetch_all(second, 2, timeout=3)
         assert sorted(d.data for d in again) == [b"e1", b"e2"]
+    finally:
+        await second.close()
+        await conn.close()
+
+
+async def test_close_hands_back_what_came_after_the_last_fetch(nats_server):
+    # A fetch that timed out on the client can leave its pull request open on the server; a
+    # message published then lands in the subscription's queue, which no fetch will read.
+    conn = await setup(nats_server.url, "late", ack_wait=30.0, count=0)
+    first = PipelineConsumer(conn.js, "late", ack_wait=30.0)
+    await first.start()
+    pull = first._sub
+    request = json.dumps({"batch": 1, "expires": 10_000_000_000}).encode()
+    await conn.nc.publish(pull._nms, request, reply=pull._deliver)
+    await conn.nc.flush()
+    await Publisher(conn.nc).publish([copy_for("late", 0, b"late", "m-late")])
+    deadline = asyncio.get_running_loop().time() + 5
+    while pull._sub._pending_queue.empty():
+        assert asyncio.get_running_loop().time() < deadline, "the open pull request got nothing"
+        await asyncio.sleep(0.01)
+    await first.close()
+    second = PipelineConsumer(conn.js, "late", ack_wait=30.0)
+    await second.start()
+    try:
+        # Redelivered at once, not after the 30 s AckWait.
+        [again] = await fetch_all(second, 1, timeout=3)
+        assert again.data == b"late"
     finally:
         await second.close()
         await conn.close()

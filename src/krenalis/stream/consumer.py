@@ -29,6 +29,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -399,8 +400,27 @@ class PipelineConsumer:
                 await asyncio.wait_for(self.pruner.flush(), 2.0)
         await self._nak_all()
         if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+            await self._release(self._sub._sub)
+
+    async def _release(self, sub: Subscription) -> None:
+        """Unsubscribe, handing back what came after the last fetch ended.
+
+        A fetch that times out on our side may leave its pull request open on the server for a
+        moment longer; a message delivered meanwhile waits in the subscription's queue for the
+        next fetch. A closing consumer has no next fetch: without this, such a message would
+        stay unacked until AckWait, holding the ack floor (and the stream's pruning) back."""
+        with contextlib.suppress(Exception):
+            await self._nc._send_unsubscribe(sub._id)
+            await self._nc.flush(timeout=READ_TIMEOUT)  # the server has sent all it will send
+        queue = sub._pending_queue
+        while not queue.empty():
+            msg = queue.get_nowait()
+            queue.task_done()
+            if msg.data and msg.reply and self._confirmed():  # a stream message, not a status
+                with contextlib.suppress(Exception):
+                    await self._nc.publish(msg.reply, NAK)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
     async def _nak_all(self) -> None:
         for delivery in list(self._tracked.values()):
