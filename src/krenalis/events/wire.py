@@ -9,6 +9,7 @@ decoded to a dict and written back (bench/RESULTS.md, "Performance").
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Literal
 
 import msgspec
@@ -30,29 +31,8 @@ def encode_event(event: dict) -> bytes:
     return _encode_json(event)
 
 
-# Consumer-side checks: the wire form written by decode_request.
-_SCHEMA_KEYS = frozenset(
-    (
-        "connectionId",
-        "anonymousId",
-        "channel",
-        "category",
-        "context",
-        "event",
-        "groupId",
-        "messageId",
-        "name",
-        "properties",
-        "receivedAt",
-        "sentAt",
-        "originalTimestamp",
-        "timestamp",
-        "traits",
-        "type",
-        "previousId",
-        "userId",
-    )
-)
+# Consumer-side checks: the wire form written by decode_request. These names make both
+# decode_event's checks and read_event's Struct (_Checked).
 _REQUIRED_STRINGS = (
     "connectionId",
     "anonymousId",
@@ -64,6 +44,11 @@ _REQUIRED_STRINGS = (
     "type",
 )
 _OPTIONAL_STRINGS = ("channel", "category", "event", "groupId", "name", "previousId", "userId")
+_REQUIRED_OBJECTS = ("traits",)
+_OPTIONAL_OBJECTS = ("properties", "context")
+_SCHEMA_KEYS = frozenset(
+    _REQUIRED_STRINGS + _OPTIONAL_STRINGS + _REQUIRED_OBJECTS + _OPTIONAL_OBJECTS
+)
 
 
 def decode_event(data: bytes) -> dict:
@@ -85,9 +70,10 @@ def decode_event(data: bytes) -> dict:
             raise InvalidEvent(f"event property '{name}' is not a string")
     if event["type"] not in EVENT_TYPES:
         raise InvalidEvent(f"event type '{event['type']}' is not valid")
-    if type(event.get("traits")) is not dict:
-        raise InvalidEvent("event property 'traits' is missing or not an object")
-    for name in ("properties", "context"):
+    for name in _REQUIRED_OBJECTS:
+        if type(event.get(name)) is not dict:
+            raise InvalidEvent(f"event property '{name}' is missing or not an object")
+    for name in _OPTIONAL_OBJECTS:
         if name in event and type(event[name]) is not dict:
             raise InvalidEvent(f"event property '{name}' is not an object")
     return event
@@ -135,31 +121,21 @@ class StoredEvent:
         return f"StoredEvent({self.data!r})"
 
 
-class _Checked(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The wire form as :func:`decode_event` checks it, read in one pass: the objects stay raw
-    JSON (checked to be objects, not decoded). Not tracked by the garbage collector: it holds
-    only texts."""
-
-    connectionId: str
-    anonymousId: str
-    messageId: str
-    receivedAt: str
-    sentAt: str
-    originalTimestamp: str
-    timestamp: str
-    type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
-    traits: msgspec.Raw
-    properties: msgspec.Raw = msgspec.Raw(b"{}")
-    context: msgspec.Raw = msgspec.Raw(b"{}")
-    userId: str = ""
-    channel: str = ""
-    category: str = ""
-    event: str = ""
-    groupId: str = ""
-    name: str = ""
-    previousId: str = ""
-
-
+#: The wire form as :func:`decode_event` checks it, read in one pass: the objects stay raw JSON
+#: (checked to be objects by :func:`_objects`, not decoded). Not tracked by the garbage
+#: collector: it holds only texts.
+_Checked = msgspec.defstruct(
+    "_Checked",
+    [
+        *((name, str) for name in _REQUIRED_STRINGS if name != "type"),
+        ("type", Literal[EVENT_TYPES]),
+        *((name, msgspec.Raw) for name in _REQUIRED_OBJECTS),
+        *((name, msgspec.Raw, msgspec.Raw(b"{}")) for name in _OPTIONAL_OBJECTS),
+        *((name, str, "") for name in _OPTIONAL_STRINGS),
+    ],
+    forbid_unknown_fields=True,
+    gc=False,
+)
 _read_checked = msgspec.json.Decoder(_Checked).decode
 
 
@@ -182,12 +158,12 @@ def read_event(data: bytes) -> StoredEvent:
     )
 
 
-def _objects(head: _Checked) -> bool:
-    return (
-        bytes(head.traits)[:1] == b"{"
-        and bytes(head.properties)[:1] == b"{"
-        and bytes(head.context)[:1] == b"{"
-    )
+_objects_of = attrgetter(*_REQUIRED_OBJECTS, *_OPTIONAL_OBJECTS)
+
+
+def _objects(head: Any) -> bool:
+    """Whether each object of the wire form (kept raw) is one."""
+    return all(bytes(raw)[:1] == b"{" for raw in _objects_of(head))
 
 
 def _from_fields(data: bytes, fields: dict[str, Any]) -> StoredEvent:
