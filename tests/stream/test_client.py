@@ -80,6 +80,8 @@ async def test_a_lean_subscription_gets_its_messages_without_headers(nats_settin
         [late] = await sub.fetch(1, timeout=5)
         assert late.data == b'{"n":5}'
         assert conn.nc.stats["in_msgs"] >= 6
+        assert sub._sub._id in conn.nc.lean_sids
         await sub.unsubscribe()  # else the drain on close waits for its pending pull (30 s)
+        assert sub._sub._id not in conn.nc.lean_sids  # a subscription gone is forgotten
     finally:
         await conn.close()

@@ -1,8 +1,8 @@
 """The one small contract every sink (warehouse, webhook, file, ...) implements.
 
 A sink receives a batch of events (:class:`krenalis.events.StoredEvent`: the bytes the collector
-published, and the decoded object as ``fields``) and answers, per event, one of three outcomes. The worker turns outcomes into NATS acks: a sink
-knows nothing about NATS.
+published, and the decoded object as ``fields``) and answers, per event, one of three outcomes.
+The worker turns outcomes into NATS acks: a sink knows nothing about NATS.
 
 - ``Delivered``: committed (transaction committed, 2xx received, file fsynced) -> ack.
 - ``Retry``: a transient failure (connection lost, timeout, 408/429/5xx) -> try again later,

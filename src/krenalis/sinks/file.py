@@ -170,12 +170,10 @@ def _line(event: Event) -> str:
 
 
 def _received_day(event: Event) -> date:
-    value = event.received_at
+    value = event.received_at  # "" when the event had none
     try:
-        if not isinstance(value, str):
-            raise TypeError(value)
         when = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+    except ValueError:
         raise ValueError(f"receivedAt is missing or not an ISO 8601 timestamp: {value!r}") from None
     if when.tzinfo is None:  # The collector writes UTC; a naive value can only mean UTC.
         return when.date()

@@ -84,6 +84,10 @@ class Client(_NatsClient):
         sub._pending_size += len(data)
         sub._pending_queue.put_nowait(_StreamMsg(self, subject.decode(), reply.decode(), data, sid))
 
+    def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
+        self.lean_sids.discard(sid)  # a worker made again subscribes anew: forget the old one
+        super()._remove_sub(sid, max_msgs)
+
 
 class _StreamMsg(Msg):
     """A nats-py `Msg` made with only what a lean subscription's message has; the other fields

@@ -215,10 +215,10 @@ class Publisher:
         With `atomic`, the copies go as JetStream atomic batches first, with those of the
         requests published at the same time (see GROUPS_IN_FLIGHT; ADR-50: stored at once, one
         fsync and one PubAck per batch: 4x the throughput of a server with
-        `sync_interval: always`); a group of under MIN_ATOMIC copies goes one by one. A batch is refused whole if one id is a
-        duplicate (a client retrying a request), and may fail during a leader election: then its
-        messages go one by one, where each duplicate is dropped alone and each failure is
-        retried with the same id.
+        `sync_interval: always`); a group of under MIN_ATOMIC copies goes one by one. A batch
+        is refused whole if one id is a duplicate (a client retrying a request), and may fail
+        during a leader election: then its messages go one by one, where each duplicate is
+        dropped alone and each failure is retried with the same id.
         """
         await self.inbox.start()
         if not self.atomic:

@@ -60,20 +60,16 @@ class WorkerTail:
 
 
 def _about(events: list[StoredEvent] | bytes) -> list[dict[str, Any]]:
-    if isinstance(events, bytes):
-        try:
-            summary = _summary(events)
-        except msgspec.DecodeError:
-            return [{"messageId": "", "type": "", "event": None}]
-        return [{"messageId": summary.messageId, "type": summary.type, "event": summary.event}]
-    return [
-        {
-            "messageId": e.message_id,
-            "type": e.fields.get("type", ""),
-            "event": e.fields.get("event"),
-        }
-        for e in events
-    ]
+    datas = [events] if isinstance(events, bytes) else [e.data for e in events]
+    return [_summarized(data) for data in datas]
+
+
+def _summarized(data: bytes) -> dict[str, Any]:
+    try:
+        summary = _summary(data)
+    except msgspec.DecodeError:
+        return {"messageId": "", "type": "", "event": None}
+    return {"messageId": summary.messageId, "type": summary.type, "event": summary.event}
 
 
 def _now() -> str:
