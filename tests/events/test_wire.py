@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import krenalis.events
 from krenalis.errors import InvalidEvent
 from krenalis.events import StoredEvent, decode_event, encode_event, read_event
+from krenalis.events.users import user_key
+from krenalis.events.wire import _SCHEMA_KEYS
 
 from ._helpers import decode, one, track
 
@@ -118,6 +122,50 @@ def test_read_event_gives_decode_events_reason(data: bytes) -> None:
     with pytest.raises(InvalidEvent) as got:
         read_event(data)
     assert str(got.value) == str(expected.value)
+
+
+def test_read_event_refuses_bad_utf8_inside_an_object_as_decode_event_does() -> None:
+    # msgspec skips an object's members without checking their UTF-8: read_event must not.
+    good = encode_event(one(track(properties={"name": "caf\u00e9"}), source_id="src"))
+    bad = good.replace("caf\u00e9".encode(), b"caf\xff")
+    assert read_event(good).fields["properties"]["name"] == "caf\u00e9"
+    with pytest.raises(InvalidEvent) as expected:
+        decode_event(bad)
+    with pytest.raises(InvalidEvent) as got:
+        read_event(bad)
+    assert str(got.value) == str(expected.value)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    name=st.sampled_from(sorted(_SCHEMA_KEYS) + ["extra"]),
+    value=_JSON_VALUES,
+    drop=st.booleans(),
+)
+def test_read_event_agrees_with_decode_event(name: str, value: object, drop: bool) -> None:
+    event = dict(one(FULL_TRACK, source_id="src"))
+    if drop:
+        event.pop(name, None)
+    else:
+        event[name] = value
+    data = encode_event(event)
+    try:
+        expected = decode_event(data)
+    except InvalidEvent as exc:
+        with pytest.raises(InvalidEvent) as got:
+            read_event(data)
+        assert str(got.value) == str(exc)
+        return
+    stored = read_event(data)
+    assert stored.fields == expected
+    assert (stored.message_id, stored.user) == (expected["messageId"], user_key(expected))
 
 
 def test_read_event_keeps_the_bytes_and_what_the_worker_needs() -> None:

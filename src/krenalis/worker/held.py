@@ -4,6 +4,7 @@ answers per event become one outcome per message (:mod:`krenalis.worker.pipeline
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -112,15 +113,12 @@ def count_delivered(pipeline: str, events: list[StoredEvent]) -> None:
     metrics.DELIVERED.labels(pipeline).inc(len(events))
     latency = metrics.E2E_LATENCY.labels(pipeline)
     now = time.time()
-    # The events of one request share their receivedAt: each text is read once per batch.
-    waited: dict[str, float | None] = {}
-    for event in events:
-        received = event.received_at
-        if received not in waited:
-            waited[received] = _seconds_since(received, now)
-        seconds = waited[received]
+    # The events of one request share their receivedAt: each text is read once per batch, and
+    # its events are observed together.
+    for received, times in Counter(event.received_at for event in events).items():
+        seconds = _seconds_since(received, now)
         if seconds is not None:
-            latency.observe(seconds)
+            metrics.observe_times(latency, seconds, times)
 
 
 def _seconds_since(received: str, now: float) -> float | None:

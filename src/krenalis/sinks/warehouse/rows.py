@@ -99,10 +99,10 @@ def _json_text(raw: msgspec.Raw | None, required: bool) -> str | None:
     object)."""
     if raw is None:
         return None
-    text = bytes(raw)
-    if required and text[:1] != b"{":
+    text = str(raw, "utf-8")  # from the buffer itself: bytes(raw) would copy it first
+    if required and text[:1] != "{":
         raise _Decline
-    return None if text == b"null" else text.decode()
+    return None if text == "null" else text
 
 
 #: Timestamp texts already checked, and what PostgreSQL gets for each: the events of one request
