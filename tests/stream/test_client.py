@@ -1,4 +1,5 @@
-"""The faster header parser gives what nats-py's own parser gives, and the client uses it."""
+"""The faster header and message parsers give what nats-py's own parsers give, and the client
+uses them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
+from nats.errors import ProtocolError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.protocol.parser import Parser
 
 from fixtures.nats_servers import connected
-from krenalis.stream.client import Client, lean_next_msg, parse_header_lines
+from krenalis.stream.client import Client, _Parser, lean_next_msg, parse_header_lines
 from krenalis.stream.layout import STREAM, ensure_consumer
 from krenalis.stream.publisher import Publisher, copy_for
 
@@ -85,3 +88,77 @@ async def test_a_lean_subscription_gets_its_messages_without_headers(nats_settin
         assert sub._sub._id not in conn.nc.lean_sids  # a subscription gone is forgotten
     finally:
         await conn.close()
+
+
+class _Recorder:
+    """What a parser hands its client, in order (the parsers are compared on the calls)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    async def _process_msg(self, sid, subject, reply, data, headers) -> None:
+        self.calls.append(("msg", sid, bytes(subject), bytes(reply), bytes(data), headers))
+
+    async def _process_ping(self) -> None:
+        self.calls.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.calls.append(("pong",))
+
+    async def _process_info(self, info) -> None:
+        self.calls.append(("info", info))
+
+    async def _process_err(self, message) -> None:
+        self.calls.append(("err", message))
+
+
+_tokens = st.text("abcXYZ019._>$-", min_size=1, max_size=12)
+
+
+@st.composite
+def protocol_ops(draw) -> bytes:
+    kind = draw(st.sampled_from(["msg", "hmsg", "hmsg", "ping", "pong", "ok", "info", "err"]))
+    if kind in ("msg", "hmsg"):
+        subject, sid = draw(_tokens), draw(st.integers(0, 10**6))
+        reply = draw(st.none() | _tokens)
+        payload = draw(st.binary(max_size=40))
+        head = f"{subject} {sid} " + (f"{reply} " if reply else "")
+        if kind == "msg":
+            return f"MSG {head}{len(payload)}\r\n".encode() + payload + b"\r\n"
+        header = draw(st.sampled_from([b"", b"NATS/1.0\r\n\r\n", b"NATS/1.0 404 No Messages\r\n\r\n",
+                                       b"NATS/1.0\r\nNats-Msg-Id: m1\r\n\r\n"]))  # fmt: skip
+        total = len(header) + len(payload)
+        return f"HMSG {head}{len(header)} {total}\r\n".encode() + header + payload + b"\r\n"
+    return {
+        "ping": b"PING\r\n",
+        "pong": b"PONG\r\n",
+        "ok": b"+OK\r\n",
+        "info": b'INFO {"server_id":"x","max_payload":1048576}\r\n',
+        "err": b"-ERR 'Stale Connection'\r\n",
+    }[kind]
+
+
+async def _feed(parser_class, chunks: list[bytes]) -> tuple[list[tuple], bool]:
+    recorder = _Recorder()
+    parser = parser_class(recorder)
+    try:
+        for chunk in chunks:
+            await parser.parse(chunk)
+    except ProtocolError:
+        return recorder.calls, True
+    return recorder.calls, False
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    ops=st.lists(protocol_ops(), max_size=25),
+    garbage=st.sampled_from(
+        [b"", b"FOO bar\r\n", b"MSG a notanumber 3\r\nabc\r\n", b"HMSG a 1 x y\r\n"]
+    ),
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+)
+async def test_the_message_parser_makes_the_calls_nats_py_makes(ops, garbage, cuts) -> None:
+    stream = b"".join(ops) + garbage
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert await _feed(_Parser, chunks) == await _feed(Parser, chunks)
