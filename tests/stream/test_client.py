@@ -110,6 +110,8 @@ class _Recorder:
 
     async def _process_err(self, message) -> None:
         self.calls.append(("err", message))
+        if "stale" in message:  # as nats-py's client does: a reconnection, a new parser state
+            self.parser.reset()
 
 
 _tokens = st.text("abcXYZ019._>$-", min_size=1, max_size=12)
@@ -134,19 +136,21 @@ def protocol_ops(draw) -> bytes:
         "pong": b"PONG\r\n",
         "ok": b"+OK\r\n",
         "info": b'INFO {"server_id":"x","max_payload":1048576}\r\n',
-        "err": b"-ERR 'Stale Connection'\r\n",
+        "err": draw(
+            st.sampled_from([b"-ERR 'Stale Connection'\r\n", b"-ERR 'Unknown Subject'\r\n"])
+        ),
     }[kind]
 
 
-async def _feed(parser_class, chunks: list[bytes]) -> tuple[list[tuple], bool]:
+async def _feed(parser_class, chunks: list[bytes]) -> tuple[list[tuple], bool, bytes]:
     recorder = _Recorder()
-    parser = parser_class(recorder)
+    parser = recorder.parser = parser_class(recorder)
     try:
         for chunk in chunks:
             await parser.parse(chunk)
     except ProtocolError:
-        return recorder.calls, True
-    return recorder.calls, False
+        return recorder.calls, True, b""
+    return recorder.calls, False, bytes(parser.buf)
 
 
 @settings(max_examples=400, deadline=None)

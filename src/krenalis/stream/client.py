@@ -76,36 +76,44 @@ class _Parser(Parser):
         if self.state != AWAITING_CONTROL_LINE:  # in the middle of a message of nats-py's parser
             await super().parse()
         while self.buf and self.state == AWAITING_CONTROL_LINE:
-            buf = bytes(self.buf)
-            pos, waiting = await self._messages(buf)
-            del self.buf[:pos]
+            # A reset while a call is awaited (a reconnection) gives the parser a new buffer:
+            # what is left of this one belongs to the old connection and is dropped.
+            buffer = self.buf
+            received = bytes(buffer)
+            pos, waiting = await self._messages(received, buffer)
+            if self.buf is not buffer:
+                return
+            del buffer[:pos]
             if waiting:
                 return  # the rest has not arrived yet
-            if not buf.startswith(_ONE_LINE_OPS, pos):
+            if not received.startswith(_ONE_LINE_OPS, pos):
                 await super().parse()  # not a message we can read: nats-py's parser decides
                 return
-            line = buf.index(_CRLF, pos) + 2 - pos
-            rest, self.buf = self.buf[line:], self.buf[:line]
+            line = received.index(_CRLF, pos) + 2 - pos
+            one, rest = buffer[:line], buffer[line:]
+            self.buf = one
             await super().parse()
-            self.buf.extend(rest)
+            if self.buf is not one:
+                return
+            one.extend(rest)
 
-    async def _messages(self, buf: bytes) -> tuple[int, bool]:
-        """Hand over each whole, well-formed message from the start of `buf`; return where
+    async def _messages(self, received: bytes, buffer: bytearray) -> tuple[int, bool]:
+        """Hand over each whole, well-formed message from the start of `received`; return where
         what is left starts, and whether it is only waiting for more bytes."""
-        pos, size = 0, len(buf)
+        pos, size = 0, len(received)
         process = self.nc._process_msg
         while pos < size:
-            end = buf.find(_CRLF, pos)
+            end = received.find(_CRLF, pos)
             if end < 0:
                 return pos, True
-            if buf.startswith(b"HMSG ", pos):
-                args = buf[pos + 5 : end].split()
+            if received.startswith(b"HMSG ", pos):
+                args = received[pos + 5 : end].split()
                 if len(args) not in (4, 5) or not _digits(args[1], args[-2], args[-1]):
                     return pos, False
                 header_size, total = int(args[-2]), int(args[-1])
                 has_reply = len(args) == 5
-            elif buf.startswith(b"MSG ", pos):
-                args = buf[pos + 4 : end].split()
+            elif received.startswith(b"MSG ", pos):
+                args = received[pos + 4 : end].split()
                 if len(args) not in (3, 4) or not _digits(args[1], args[-1]):
                     return pos, False
                 header_size, total = 0, int(args[-1])
@@ -115,10 +123,12 @@ class _Parser(Parser):
             start = end + 2
             if start + total + 2 > size:
                 return pos, True
-            header = buf[start : start + header_size] if header_size else None
-            payload = buf[start + header_size : start + total]
+            header = received[start : start + header_size] if header_size else None
+            payload = received[start + header_size : start + total]
             pos = start + total + 2
             await process(int(args[1]), args[0], args[2] if has_reply else b"", payload, header)
+            if self.buf is not buffer:
+                return pos, True
         return pos, True
 
 
