@@ -78,30 +78,22 @@ def decode_event(data: bytes) -> dict:
     return event
 
 
-class StoredEvent:
+class StoredEvent(msgspec.Struct, eq=False, gc=False):
     """An event as a worker holds it and a sink gets it: the wire form's bytes (``data``), the
-    few values the worker needs, and the decoded object (``fields``), made when first asked."""
+    few values the worker needs, and the decoded object (``fields``), made when first asked.
 
-    __slots__ = ("data", "message_id", "connection_id", "user", "received_at", "_fields")
+    A Struct (compared by identity, as an object is) because one is made per message: msgspec
+    builds it in C, 0.14 us against 0.96 for a class with ``__slots__`` and an ``__init__``.
+    Not tracked by the garbage collector: what it holds never refers back to it."""
 
-    def __init__(
-        self,
-        data: bytes,
-        *,
-        message_id: str,
-        connection_id: str,
-        user: str,
-        received_at: str,
-        fields: dict[str, Any] | None = None,
-    ) -> None:
-        self.data = data
-        self.message_id = message_id
-        self.connection_id = connection_id
-        #: The user whose events keep their order (:func:`krenalis.events.users.user_key`).
-        self.user = user
-        #: The wire form's receivedAt text (for the end-to-end latency).
-        self.received_at = received_at
-        self._fields = fields
+    data: bytes
+    message_id: str
+    connection_id: str
+    #: The user whose events keep their order (:func:`krenalis.events.users.user_key`).
+    user: str
+    #: The wire form's receivedAt text (for the end-to-end latency).
+    received_at: str
+    _fields: dict[str, Any] | None = None
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -173,5 +165,5 @@ def _from_fields(data: bytes, fields: dict[str, Any]) -> StoredEvent:
         connection_id=text("connectionId"),
         user=user_key(fields),
         received_at=text("receivedAt"),
-        fields=fields,
+        _fields=fields,
     )
