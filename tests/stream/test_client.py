@@ -99,6 +99,11 @@ class _Recorder:
     async def _process_msg(self, sid, subject, reply, data, headers) -> None:
         self.calls.append(("msg", sid, bytes(subject), bytes(reply), bytes(data), headers))
 
+    def _take_lean(self, sid, subject, reply, data, headers) -> bool:
+        if sid % 2:  # as a lean subscription's message: taken at once, no coroutine
+            self.calls.append(("msg", sid, bytes(subject), bytes(reply), bytes(data), headers))
+        return bool(sid % 2)
+
     async def _process_ping(self) -> None:
         self.calls.append(("ping",))
 

@@ -100,6 +100,26 @@ async def test_nothing_is_acked_before_the_caller_acks(nats_server):
         await conn.close()
 
 
+async def test_ack_all_acks_each_once_and_the_acked_are_removed(nats_server):
+    conn = await setup(nats_server.url, "p", ack_wait=5.0, count=6)
+    consumer = PipelineConsumer(conn.js, "p", ack_wait=5.0)
+    await consumer.start()
+    try:
+        batch = await fetch_all(consumer, 6)
+        await batch[0].ack()
+        await consumer.ack_all(batch[:4])  # the first one again: harmless
+        assert all(d.settled for d in batch[:4]) and not batch[4].settled
+        assert consumer.in_flight == 2
+        assert await stream_holds(conn, 2)  # pruned up to the ack floor
+        info = await conn.js.consumer_info(STREAM, consumer.name)
+        assert info.num_ack_pending == 2 and info.ack_floor.stream_seq == batch[3].stream_seq
+        await consumer.ack_all(batch[4:])
+        assert await stream_holds(conn, 0)
+    finally:
+        await consumer.close()
+        await conn.close()
+
+
 async def test_nak_with_delay_redelivers_later(nats_server):
     conn = await setup(nats_server.url, "p", ack_wait=5.0)
     consumer = PipelineConsumer(conn.js, "p", ack_wait=5.0)

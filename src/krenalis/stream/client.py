@@ -101,20 +101,25 @@ class _Parser(Parser):
         """Hand over each whole, well-formed message from the start of `received`; return where
         what is left starts, and whether it is only waiting for more bytes."""
         pos, size = 0, len(received)
-        process = self.nc._process_msg
+        process, take = self.nc._process_msg, self.nc._take_lean
         while pos < size:
             end = received.find(_CRLF, pos)
             if end < 0:
                 return pos, True
             if received.startswith(b"HMSG ", pos):
                 args = received[pos + 5 : end].split()
-                if len(args) not in (4, 5) or not _digits(args[1], args[-2], args[-1]):
+                if not (
+                    len(args) in (4, 5)
+                    and args[1].isdigit()
+                    and args[-2].isdigit()
+                    and args[-1].isdigit()
+                ):
                     return pos, False
                 header_size, total = int(args[-2]), int(args[-1])
                 has_reply = len(args) == 5
             elif received.startswith(b"MSG ", pos):
                 args = received[pos + 4 : end].split()
-                if len(args) not in (3, 4) or not _digits(args[1], args[-1]):
+                if not (len(args) in (3, 4) and args[1].isdigit() and args[-1].isdigit()):
                     return pos, False
                 header_size, total = 0, int(args[-1])
                 has_reply = len(args) == 4
@@ -126,14 +131,13 @@ class _Parser(Parser):
             header = received[start : start + header_size] if header_size else None
             payload = received[start + header_size : start + total]
             pos = start + total + 2
-            await process(int(args[1]), args[0], args[2] if has_reply else b"", payload, header)
-            if self.buf is not buffer:
-                return pos, True
+            sid, reply = int(args[1]), args[2] if has_reply else b""
+            # A stream message for a lean subscription is queued without a coroutine.
+            if not take(sid, args[0], reply, payload, header):
+                await process(sid, args[0], reply, payload, header)
+                if self.buf is not buffer:
+                    return pos, True
         return pos, True
-
-
-def _digits(*texts: bytes) -> bool:
-    return all(text.isdigit() for text in texts)
 
 
 class Client(_NatsClient):
@@ -148,6 +152,14 @@ class Client(_NatsClient):
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
+        if not self._take_lean(sid, subject, reply, data, headers):
+            # Anything unusual (a status, a limit reached): nats-py's way, errors included.
+            await super()._process_msg(sid, subject, reply, data, headers)
+
+    def _take_lean(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> bool:
+        """Queue a stream message of a lean subscription; False for anything else."""
         sub = self._subs.get(sid) if sid in self.lean_sids else None
         if (
             sub is None
@@ -157,13 +169,13 @@ class Client(_NatsClient):
             or sub._pending_queue.full()
             or 0 < sub._pending_bytes_limit <= sub._pending_size + len(data)
         ):
-            # Anything unusual (a status, a limit reached): nats-py's way, errors included.
-            return await super()._process_msg(sid, subject, reply, data, headers)
+            return False
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
         sub._received += 1
         sub._pending_size += len(data)
         sub._pending_queue.put_nowait(_StreamMsg(self, subject.decode(), reply.decode(), data, sid))
+        return True
 
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         self.lean_sids.discard(sid)  # a worker made again subscribes anew: forget the old one

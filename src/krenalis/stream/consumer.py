@@ -258,7 +258,7 @@ class PipelineConsumer:
         """Ack each delivery as :meth:`Delivery.ack` does, in one write to the connection
         rather than one publish each (nats-py's publish per ack showed in the worker's
         profile: bench/RESULTS.md, "Performance")."""
-        to_send = [d for d in deliveries if d._settle(done=True)]
+        to_send = self._settle_all(deliveries)
         if not to_send:
             return
         if not self._confirmed():
@@ -267,6 +267,22 @@ class PipelineConsumer:
         await publish_many(
             self._nc, [b"PUB %s 4\r\n+ACK\r\n" % d.msg.reply.encode() for d in to_send]
         )
+
+    def _settle_all(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Mark `deliveries` acked as each one's ``_settle(done=True)`` does, in one pass (one
+        call per event showed in the worker's profile); those whose ack is to be sent."""
+        tracked, generation = self._tracked, self.generation
+        to_send = []
+        for d in deliveries:
+            if d.settled:
+                continue
+            d.settled = True
+            tracked.pop(id(d), None)
+            if d.generation == generation:
+                to_send.append(d)
+        if to_send and self.pruner is not None:
+            self.pruner.settled_many([d.stream_seq for d in to_send])
+        return to_send
 
     async def _send(self, delivery: Delivery, payload: bytes) -> None:
         if self._confirmed():

@@ -73,6 +73,12 @@ class Pruner:
         self._settled.append((time.monotonic(), seq))
         self._dirty = True
 
+    def settled_many(self, seqs: list[int]) -> None:
+        """Messages were acked together: as settled() for each."""
+        now = time.monotonic()
+        self._settled.extend([(now, seq) for seq in seqs])
+        self._dirty = True
+
     def forget(self, created: datetime | None) -> None:
         """The consumer was made again at `created` (None: it is gone): the sequences of the old
         one mean nothing now."""
