@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from test_warehouse import FULL_EVENT, make_event
 
-from krenalis.errors import InvalidRow
+from krenalis.errors import InvalidEvent, InvalidRow
+from krenalis.events import StoredEvent, read_event
 from krenalis.sinks.warehouse import rows
 from krenalis.sinks.warehouse.schema import COLUMNS, Kind, event_to_row
 
@@ -128,3 +129,94 @@ def test_both_paths_agree_on_any_event(base: dict[str, Any]) -> None:
         assert fast is None  # the fast path never takes what the careful one refuses
         return
     assert fast is None or same_values(fast, careful)
+
+
+def _read_both(data: bytes) -> tuple[Any, Any]:
+    """What read_event and the warehouse's reader make of `data`: (event, None) or (None, the
+    refusal's text) each."""
+    results = []
+    for read in (read_event, rows.read_row_event):
+        try:
+            results.append((read(data), None))
+        except InvalidEvent as exc:
+            results.append((None, str(exc)))
+    return results[0], results[1]
+
+
+def _stored(event: StoredEvent) -> tuple:
+    return (event.data, event.message_id, event.connection_id, event.user, event.received_at)
+
+
+def test_the_warehouse_reader_makes_the_row_of_what_the_collector_writes() -> None:
+    known, unknown = make_event("m2", userId="u-1"), make_event("m3", userId="u-1", anonymousId="")
+    for event in (make_event("m1"), known, unknown):
+        data = msgspec.json.encode(event)
+        read = rows.read_row_event(data)
+        assert isinstance(read, rows.RowEvent) and read.row == rows.fast_row(data)
+        assert _stored(read) == _stored(read_event(data))
+
+
+def test_the_warehouse_reader_refuses_bad_utf8_where_no_column_reads() -> None:
+    # msgspec does not check the UTF-8 of what it skips (a member no column has): the reader
+    # must.
+    data = msgspec.json.encode(make_event("m1", context={"notacolumn": "caf\u00e9"}))
+    (_, expected), (_, got) = _read_both(data.replace("caf\u00e9".encode(), b"caf\xff"))
+    assert expected is not None and got == expected
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda e: e.update(extra=1),  # a name the wire form does not have
+        lambda e: e.pop("originalTimestamp"),  # required, though no column
+        lambda e: e.update(originalTimestamp=5),
+        lambda e: e.update(type="click"),
+        lambda e: e.update(properties=None),  # an object written as null
+        lambda e: e.update(properties=[1]),
+        lambda e: e.update(context=None),
+        lambda e: e.update(userId=None),  # an optional text written as null
+        lambda e: e.update(channel=5),
+    ],
+)
+def test_the_warehouse_reader_refuses_what_read_event_refuses(change) -> None:
+    event = make_event("m1")
+    change(event)
+    (_, expected), (_, got) = _read_both(msgspec.json.encode(event))
+    assert expected is not None and got == expected
+
+
+#: Mostly what the wire form has there, so that many events pass every check.
+_text_or_any = st.one_of(st.text(max_size=4), st.text(max_size=4), _json)
+_object_or_any = st.one_of(st.dictionaries(st.text(max_size=4), _json, max_size=3), _json)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.fixed_dictionaries(
+        {"receivedAt": _times, "sentAt": _times, "timestamp": _times},
+        optional={
+            "userId": _text_or_any, "event": _text_or_any, "channel": _text_or_any,
+            "properties": _object_or_any, "traits": _object_or_any,
+            "context": st.one_of(st.none(), _context, _json),
+            "originalTimestamp": st.one_of(st.just(_WIRE), _json),
+            "anonymousId": st.one_of(st.text(max_size=4), st.integers()),
+            "messageId": st.one_of(st.text(max_size=4), st.integers()),
+            "type": st.sampled_from(["track", "identify", "x"]), "extra": _scalars,
+        },
+    ),
+    drop=st.lists(st.sampled_from(["originalTimestamp", "traits", "connectionId"]), max_size=1),
+)  # fmt: skip
+def test_the_warehouse_reader_agrees_with_read_event(base: dict[str, Any], drop: list) -> None:
+    event = {**make_event("m1"), **base}
+    for name in drop:
+        event.pop(name, None)
+    data = msgspec.json.encode(event)
+    (expected, refused), (got, got_refused) = _read_both(data)
+    target(float(isinstance(got, rows.RowEvent)))  # search for events it takes in one pass
+    assert got_refused == refused
+    if expected is None:
+        return
+    assert _stored(got) == _stored(expected) and got.fields == expected.fields
+    if isinstance(got, rows.RowEvent):  # the row is the one the write would make
+        assert got.row == rows.fast_row(data)
+        assert same_values(got.row, event_to_row(expected.fields))

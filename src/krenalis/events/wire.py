@@ -19,7 +19,16 @@ from .event import EVENT_TYPES
 from .jsontext import JSON_ERRORS, json_error_detail
 from .users import user_key
 
-__all__ = ["StoredEvent", "decode_event", "encode_event", "read_event"]
+__all__ = [
+    "OPTIONAL_OBJECTS",
+    "OPTIONAL_STRINGS",
+    "REQUIRED_OBJECTS",
+    "REQUIRED_STRINGS",
+    "StoredEvent",
+    "decode_event",
+    "encode_event",
+    "read_event",
+]
 
 _decode_json = msgspec.json.Decoder().decode
 _encode_json = msgspec.json.Encoder().encode
@@ -30,9 +39,10 @@ def encode_event(event: dict) -> bytes:
     return _encode_json(event)
 
 
-# Consumer-side checks: the wire form written by decode_request. These names make both
-# decode_event's checks and read_event's Struct (_Checked).
-_REQUIRED_STRINGS = (
+# Consumer-side checks: the wire form written by decode_request. These names make
+# decode_event's checks, read_event's Struct (_Checked) and any reader that checks as it does
+# (the warehouse's, which makes the row in the same pass: sinks/warehouse/rows.py).
+REQUIRED_STRINGS = (
     "connectionId",
     "anonymousId",
     "messageId",
@@ -42,12 +52,10 @@ _REQUIRED_STRINGS = (
     "timestamp",
     "type",
 )
-_OPTIONAL_STRINGS = ("channel", "category", "event", "groupId", "name", "previousId", "userId")
-_REQUIRED_OBJECTS = ("traits",)
-_OPTIONAL_OBJECTS = ("properties", "context")
-_SCHEMA_KEYS = frozenset(
-    _REQUIRED_STRINGS + _OPTIONAL_STRINGS + _REQUIRED_OBJECTS + _OPTIONAL_OBJECTS
-)
+OPTIONAL_STRINGS = ("channel", "category", "event", "groupId", "name", "previousId", "userId")
+REQUIRED_OBJECTS = ("traits",)
+OPTIONAL_OBJECTS = ("properties", "context")
+_SCHEMA_KEYS = frozenset(REQUIRED_STRINGS + OPTIONAL_STRINGS + REQUIRED_OBJECTS + OPTIONAL_OBJECTS)
 
 
 def decode_event(data: bytes) -> dict:
@@ -61,18 +69,18 @@ def decode_event(data: bytes) -> dict:
     unknown = event.keys() - _SCHEMA_KEYS
     if unknown:
         raise InvalidEvent(f"event has the unknown property '{min(unknown)}'")
-    for name in _REQUIRED_STRINGS:
+    for name in REQUIRED_STRINGS:
         if type(event.get(name)) is not str:
             raise InvalidEvent(f"event property '{name}' is missing or not a string")
-    for name in _OPTIONAL_STRINGS:
+    for name in OPTIONAL_STRINGS:
         if name in event and type(event[name]) is not str:
             raise InvalidEvent(f"event property '{name}' is not a string")
     if event["type"] not in EVENT_TYPES:
         raise InvalidEvent(f"event type '{event['type']}' is not valid")
-    for name in _REQUIRED_OBJECTS:
+    for name in REQUIRED_OBJECTS:
         if type(event.get(name)) is not dict:
             raise InvalidEvent(f"event property '{name}' is missing or not an object")
-    for name in _OPTIONAL_OBJECTS:
+    for name in OPTIONAL_OBJECTS:
         if name in event and type(event[name]) is not dict:
             raise InvalidEvent(f"event property '{name}' is not an object")
     return event
@@ -122,11 +130,11 @@ class _Object(msgspec.Struct, gc=False):
 _Checked = msgspec.defstruct(
     "_Checked",
     [
-        *((name, str) for name in _REQUIRED_STRINGS if name != "type"),
+        *((name, str) for name in REQUIRED_STRINGS if name != "type"),
         ("type", Literal[EVENT_TYPES]),
-        *((name, _Object) for name in _REQUIRED_OBJECTS),
-        *((name, _Object, msgspec.field(default_factory=_Object)) for name in _OPTIONAL_OBJECTS),
-        *((name, str, "") for name in _OPTIONAL_STRINGS),
+        *((name, _Object) for name in REQUIRED_OBJECTS),
+        *((name, _Object, msgspec.field(default_factory=_Object)) for name in OPTIONAL_OBJECTS),
+        *((name, str, "") for name in OPTIONAL_STRINGS),
     ],
     forbid_unknown_fields=True,
     gc=False,

@@ -16,6 +16,7 @@ workspace file is checked against those declarations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Protocol
@@ -23,7 +24,7 @@ from typing import Protocol
 import msgspec
 from msgspec import inspect as mi
 
-from krenalis.events.wire import StoredEvent
+from krenalis.events.wire import StoredEvent, read_event
 from krenalis.workspace.values import Duration, dec_hook, describe, is_secret, redacted
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Retry",
     "Sink",
     "SinkOptions",
+    "reader_of",
 ]
 
 Event = StoredEvent
@@ -66,7 +68,12 @@ DELIVERED = Delivered()
 
 
 class Sink(Protocol):
-    """Where a pipeline's events end up."""
+    """Where a pipeline's events end up.
+
+    A sink may also have a ``read_event(data) -> Event`` method: the worker then reads each
+    fetched message with it instead of :func:`krenalis.events.read_event`, whose checks and
+    errors it must keep (:func:`reader_of`). The warehouse's makes each row in the same pass.
+    """
 
     async def write(self, events: list[Event]) -> list[Outcome]:
         """Write a batch; return one outcome per event, in the same order.
@@ -82,6 +89,12 @@ class Sink(Protocol):
     async def aclose(self) -> None:
         """Release connections and files."""
         ...
+
+
+def reader_of(sink: Sink) -> Callable[[bytes], Event]:
+    """How the worker reads messages for `sink`: its own ``read_event``, or the common one."""
+    reader: Callable[[bytes], Event] = getattr(sink, "read_event", read_event)
+    return reader
 
 
 class SinkOptions(

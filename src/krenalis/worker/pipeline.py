@@ -38,8 +38,8 @@ from nats.js import JetStreamContext
 from krenalis import metrics
 from krenalis.backoff import retry_delay
 from krenalis.errors import InvalidEvent
-from krenalis.events import StoredEvent, read_event
-from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry, Sink
+from krenalis.events import StoredEvent
+from krenalis.sinks.base import Delivered, Outcome, Rejected, Retry, Sink, reader_of
 from krenalis.stream.consumer import Delivery, PipelineConsumer
 from krenalis.stream.deadletters import dead_letter
 from krenalis.transforms.process import TransformProcess
@@ -82,6 +82,7 @@ class PipelineWorker:
         self.pipeline = pipeline
         self.shard = shard
         self.sink = sink
+        self._read = reader_of(sink)
         self.transform = transform
         self.settings = settings or WorkerSettings()
         self.consumer = PipelineConsumer(js, pipeline, shard, ack_wait=self.settings.ack_wait)
@@ -226,7 +227,7 @@ class PipelineWorker:
     async def _hold(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
             try:
-                event = read_event(delivery.data)
+                event = self._read(delivery.data)
             except InvalidEvent as exc:
                 await self._dead_letter(Held(delivery, [], ""), f"invalid event data: {exc}")
                 continue
@@ -251,7 +252,7 @@ class PipelineWorker:
                 self._tell("filtered", delivery.data, step=dropped_by)
                 continue
             try:
-                events = [read_event(data) for data in outputs]
+                events = [self._read(data) for data in outputs]
             except InvalidEvent as exc:
                 metrics.FAILED.labels(self.pipeline).inc()
                 await self._dead_letter(

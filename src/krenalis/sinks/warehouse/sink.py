@@ -32,7 +32,7 @@ from psycopg import sql
 
 from krenalis.errors import InvalidRow
 from krenalis.sinks.base import DELIVERED, Event, Outcome, Rejected, Retry
-from krenalis.sinks.warehouse.rows import fast_row
+from krenalis.sinks.warehouse.rows import fast_row, read_row_event
 from krenalis.sinks.warehouse.schema import COLUMNS, KEY, Row, event_to_row, row_key
 
 __all__ = ["WarehouseSink", "is_retriable"]
@@ -96,13 +96,21 @@ class WarehouseSink:
         self._lock = asyncio.Lock()
         self._statements = _Statements(self._table)
 
+    #: The worker reads each message with this: read_event's checks, and the row made in the
+    #: same decode (one pass over the bytes instead of two).
+    read_event = staticmethod(read_row_event)
+
     async def write(self, events: list[Event]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(events)
         rows: dict[Key, Row] = {}
         owners: dict[Key, list[int]] = {}
         for i, event in enumerate(events):
             try:
-                row = fast_row(event.data) or event_to_row(event.fields)
+                row = (
+                    getattr(event, "row", None)
+                    or fast_row(event.data)
+                    or event_to_row(event.fields)
+                )
             except InvalidRow as exc:
                 outcomes[i] = Rejected(str(exc))
                 continue
