@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import queue
 import statistics
 import tempfile
 import time
@@ -143,10 +144,19 @@ def drain_once(
     time.sleep(2.0)  # imports and connections
     servers_before = [_cpu_seconds(pid) for pid in servers]
     go.set()
-    results = [out.get(timeout=180) for _ in children]
+    try:
+        results = [out.get(timeout=180) for _ in children]
+    except queue.Empty:
+        raise SystemExit("a worker process did not finish its drain within 180 s") from None
+    finally:
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.terminate()
+    # A PostgreSQL backend counts once the postmaster has reaped it: until then its time is
+    # neither a live child's nor a reaped one's (read earlier, the warehouse showed 0 or 22 us).
+    time.sleep(0.5)
     servers_cpu = [_cpu_seconds(pid) - b for pid, b in zip(servers, servers_before, strict=True)]
-    for child in children:
-        child.join(10)
     errors = [r[2] for r in results if r[2]]
     if errors:
         raise SystemExit(f"the sink refused events: {errors[0]}")
@@ -156,6 +166,7 @@ def drain_once(
     # The servers' CPU from the start to a little after the end (the workers' exit): an upper
     # bound of what the drain cost them.
     row["servers_us_per_event"] = sum(servers_cpu) / events * 1e6
+    row["servers_split_us"] = [c / events * 1e6 for c in servers_cpu]
     return row
 
 
@@ -233,10 +244,13 @@ def run(
                 raise SystemExit(f"drain {n + 1}: the sink got {got[0]} events ({got[1]} "
                                  f"distinct) of {events}")  # fmt: skip
             rows.append(row)
+            nats_us, sink_us = row["servers_split_us"]
+            split = f"nats-server {nats_us:.1f}, the {sink_kind} {sink_us:.1f}"
             print(f"drain {n + 1}: {events:,} events to the {sink_kind}, {shards} "
                   f"worker process(es): {row['events_per_s']:,.0f} ev/s, worker CPU "
                   f"{row['us_per_event']:.1f} us/event; nats-server and the {sink_kind} "
-                  f"{row['servers_us_per_event']:.1f} us/event (sync {sync})", flush=True)  # fmt: skip
+                  f"{row['servers_us_per_event']:.1f} us/event ({split}; sync {sync})",
+                  flush=True)  # fmt: skip
     finally:
         if rx is not None:
             rx.stop()

@@ -347,6 +347,24 @@ async def test_same_message_id_twice_gives_one_row_with_the_latest_values(
     ]
 
 
+async def test_a_write_touches_only_its_own_rows(sink: WarehouseSink, warehouse: str) -> None:
+    # The batch table outlives a write (one per connection): what an earlier write, or a
+    # rejected row's retry, put in it must not be written again.
+    assert await sink.write(stored([make_event("m-1")])) == [DELIVERED]
+    async with await psycopg.AsyncConnection.connect(warehouse, autocommit=True) as conn:
+        await conn.execute("UPDATE krenalis_events SET event = 'Changed since'")
+    batch = [make_event("m-2"), make_event("bad", context={"ip": "not-an-ip"})]
+    outcomes = await sink.write(stored(batch))  # refused by PostgreSQL: a savepoint rolled back
+    assert outcomes[0] == DELIVERED and isinstance(outcomes[1], Rejected)
+    assert await sink.write(stored([make_event("m-3")])) == [DELIVERED]
+    rows = await fetch(warehouse, "SELECT message_id, event FROM krenalis_events ORDER BY 1")
+    assert rows == [
+        {"message_id": "m-1", "event": "Changed since"},
+        {"message_id": "m-2", "event": "Product Viewed"},
+        {"message_id": "m-3", "event": "Product Viewed"},
+    ]
+
+
 async def test_upsert_keeps_kpid(sink: WarehouseSink, warehouse: str) -> None:
     await sink.write(stored([make_event("m-1")]))
     async with await psycopg.AsyncConnection.connect(warehouse, autocommit=True) as conn:

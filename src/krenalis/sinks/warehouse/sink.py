@@ -193,7 +193,6 @@ class WarehouseSink:
         conn = await self._connection()
         rejected: dict[Key, str] = {}
         async with conn.transaction(), conn.cursor() as cur:
-            await cur.execute(self._statements.create_temp_sql)
             await self._write_all(cur, rows, rejected)
         return rejected
 
@@ -243,14 +242,24 @@ class WarehouseSink:
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        self._conn = await psycopg.AsyncConnection.connect(
+        conn = await psycopg.AsyncConnection.connect(
             self._dsn,
             autocommit=False,
             connect_timeout=max(1, round(self._connect_timeout)),
             application_name="krenalis-warehouse",
         )
-        self._statements.render(self._conn)
-        info = self._conn.info
+        try:
+            self._statements.render(conn)
+            # The batch table lives as long as the connection, emptied at each commit: made in
+            # every transaction, its 67 columns were written to and deleted from the catalog
+            # for every batch (PostgreSQL's CPU per event, bench/MEASURED.md).
+            await conn.execute(self._statements.create_temp_sql)
+            await conn.commit()
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        info = conn.info
         log.info(
             "Connected to the warehouse.",
             extra={"host": info.host, "port": info.port, "dbname": info.dbname},
@@ -286,7 +295,7 @@ class _Statements:
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in KEY
         )
         self.create_temp = sql.SQL(
-            "CREATE TEMPORARY TABLE {temp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+            "CREATE TEMPORARY TABLE {temp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         ).format(temp=temp, table=table)
         self.truncate_temp = sql.SQL("TRUNCATE {}").format(temp)
         self.copy = sql.SQL("COPY {temp} ({cols}) FROM STDIN").format(temp=temp, cols=cols)
