@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import queue
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
@@ -99,9 +100,19 @@ async def _drain_shard(url: str, sink_spec: dict[str, str], shard: int, go: Any)
             info = await conn.js.consumer_info(STREAM, consumer_name(PIPELINE, shard))
             if not info.num_pending and not info.num_ack_pending:
                 break
+        else:  # not drained in time: say what the consumer holds (a later hang is diagnosed)
+            print(f"shard {shard}: not drained within 120 s: {info}", file=sys.stderr)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         worker.stop()
-        await task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 30)
+        except TimeoutError:
+            print(
+                f"shard {shard}: the worker did not stop within 30 s; its tasks:", file=sys.stderr
+            )
+            for other in asyncio.all_tasks():
+                other.print_stack(file=sys.stderr)
+            raise
         return elapsed, cpu, worker.last_error or ""
     finally:
         await sink.aclose()
