@@ -12,6 +12,10 @@ makes its row or its reason for refusing it. Both paths give PostgreSQL the same
 (tests/sinks/test_warehouse_rows.py compares them), except that the timestamps go as their text
 (``2026-11-26T05:29:02.123``, the UTC time without its ``Z``) rather than as datetimes:
 PostgreSQL reads that text itself, for less work on our side.
+
+:func:`read_row_event` is the warehouse's reader of the stream's messages
+(``WarehouseSink.read_event``): it checks each message as :func:`krenalis.events.read_event`
+does and makes its fast row in the same decode.
 """
 
 from __future__ import annotations
@@ -67,17 +71,21 @@ def _struct(
     :data:`_WIRE_TYPES`, and no other name."""
     fields: list[tuple[str, Any, Any]] = []
     required: list[tuple[str, Any]] = []
+
+    def wire_field(key: str) -> None:
+        kind, default = _WIRE_TYPES[key]
+        if default is ...:
+            required.append((key, kind))
+        else:
+            fields.append((key, kind, default))
+
     for key, spec in tree.items():
         dotted = prefix + key
         if type(spec) is dict:
             section = _struct(f"{name}_{key}", spec, dotted + ".")
             fields.append((key, section, msgspec.field(default_factory=section)))
         elif wire and key in _WIRE_TYPES:
-            kind, default = _WIRE_TYPES[key]
-            if default is ...:
-                required.append((key, kind))
-            else:
-                fields.append((key, kind, default))
+            wire_field(key)
         elif dotted in _REQUIRED_TYPES:
             required.append((key, _REQUIRED_TYPES[dotted]))
         else:
@@ -85,12 +93,8 @@ def _struct(
             fields.append((key, msgspec.Raw if kind is Kind.JSON else _Value, None))
     if wire:  # what the wire form has beside the columns (originalTimestamp): checked only
         for key in _WIRE_TYPES.keys() - tree.keys():
-            kind, default = _WIRE_TYPES[key]
-            assert kind is str, f"{key}: a wire object that is no column needs its own check"
-            if default is ...:
-                required.append((key, kind))
-            else:
-                fields.append((key, kind, default))
+            assert _WIRE_TYPES[key][0] is str, f"{key}: an object that is no column needs a check"
+            wire_field(key)
     # gc=False: an instance holds only values and other such Structs, never a cycle, and the
     # collector's passes over the many made per batch showed in the worker's profile.
     return msgspec.defstruct(name, [*required, *fields], gc=False, forbid_unknown_fields=wire)
