@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import msgspec
 
 from krenalis import metrics
 from krenalis.events import StoredEvent
@@ -36,9 +38,9 @@ class WorkerSettings:
     max_held: int = 10_000
 
 
-@dataclass(slots=True)
-class Held:
-    """A fetched event waiting for its sink."""
+class Held(msgspec.Struct, eq=False):
+    """A fetched event waiting for its sink. A Struct compared by identity, as an object is:
+    one is made per message, in C (0.17 us against 0.47 for a slotted dataclass)."""
 
     delivery: Delivery
     #: What the sink gets for this message: the event, or what the steps made of it (several
@@ -47,7 +49,7 @@ class Held:
     user: str
     attempts: int = 0
     not_before: float = 0.0
-    last_reason: str = field(default="")
+    last_reason: str = ""
     #: The wait came from the sink (Retry-After), not from our backoff: always honour it.
     sink_wait: bool = False
 

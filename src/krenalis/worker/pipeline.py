@@ -225,9 +225,10 @@ class PipelineWorker:
         return await self.consumer.fetch(room, timeout=self.settings.batch_max_wait)
 
     async def _hold(self, deliveries: list[Delivery]) -> None:
+        read = self._read
         for delivery in deliveries:
             try:
-                event = self._read(delivery.data)
+                event = read(delivery.msg.data)
             except InvalidEvent as exc:
                 await self._dead_letter(Held(delivery, [], ""), f"invalid event data: {exc}")
                 continue
