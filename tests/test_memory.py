@@ -19,5 +19,5 @@ def test_settling_freezes_start_up_and_collects_less_often() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
     (threshold, frozen), (threshold_after, frozen_after) = json.loads(out.stdout)
     assert frozen == 0
-    assert threshold_after == [20_000, *threshold[1:]]  # the older generations as they were
+    assert threshold_after == [100_000, *threshold[1:]]  # the older generations as they were
     assert frozen_after > 1000  # the modules, classes and objects start-up made
