@@ -35,7 +35,13 @@ from krenalis.errors import EventError, RequestError
 from .envelope import BATCH_NOT_ARRAY, Envelope
 from .event import EVENT_TYPES, MAX_DEPTH, RequestState, build_event
 from .ip import client_address
-from .jsontext import JSON_ERRORS, cut_deep_nesting, json_error_detail, replace_lone_surrogates
+from .jsontext import (
+    JSON_ERRORS,
+    cut_deep_nesting,
+    json_error_detail,
+    may_hold_nul,
+    replace_lone_surrogates,
+)
 from .timestamps import to_utc
 
 __all__ = [
@@ -62,7 +68,6 @@ _WHITESPACE = b" \t\r\n"
 # Nesting is cut at this level on the slow path: above MAX_DEPTH plus the envelope's two
 # levels (so a cut value is still too deep for its event), far below the decoder's limit.
 _CUT_LEVEL = 100
-_NUL_ESCAPE = b"\\u0000"  # the only way a JSON string holds a NUL character
 _NOT_DECODED = object()
 _KINDS = {
     dict: "object",
@@ -290,14 +295,8 @@ def parse_request(body: bytes, *, event_type: str | None) -> ParsedRequest:
         split = _split(parsed, body, event_type)
     items, sizes, envelope, missing_type = split
     return ParsedRequest(
-        event_type, items, sizes, envelope, missing_type, may_hold_nul=_may_hold_nul(body)
+        event_type, items, sizes, envelope, missing_type, may_hold_nul=may_hold_nul(body)
     )
-
-
-def _may_hold_nul(body: bytes) -> bool:
-    # Looking for a backslash is a memchr; looking for "\u0000" costs 35 µs per 47 KB, so it
-    # is only done for bodies with escapes.
-    return b"\\" in body and _NUL_ESCAPE in body
 
 
 def build_events(

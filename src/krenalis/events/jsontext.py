@@ -11,6 +11,9 @@ bytes (tests/events/bench_decode.py measures the worst cases).
   "[]", so that the decoder, whose own limit (about 1,000 levels) fails the whole body, can read
   the rest. A cut value is still deeper than the level it was cut at, so the event that held it
   is still over the event limit (`event.MAX_DEPTH`) if the value is one the event keeps.
+
+Beside them, `may_hold_nul` is the one cheap look for a NUL character in a JSON text (the
+collector's requests, the warehouse's rows).
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from collections.abc import Iterator
 
 import msgspec
 
-__all__ = ["JSON_ERRORS", "cut_deep_nesting", "json_error_detail", "replace_lone_surrogates"]
+__all__ = [
+    "JSON_ERRORS",
+    "cut_deep_nesting",
+    "json_error_detail",
+    "may_hold_nul",
+    "replace_lone_surrogates",
+]
 
 #: What decoding a JSON text may raise: malformed or out-of-range, not UTF-8, too deep.
 JSON_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
@@ -33,6 +42,15 @@ _SURROGATE = re.compile(
 )
 _ANY_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_NUL_ESCAPE = b"\\u0000"  # the only way a JSON string holds a NUL character
+
+
+def may_hold_nul(text: bytes) -> bool:
+    """Whether a JSON text may hold a NUL character (False: it surely holds none); an escaped
+    backslash before "u0000" counts too, which costs only care."""
+    # Looking for a backslash is a memchr; looking for "\u0000" costs 35 µs per 47 KB, so it
+    # is only done for texts with escapes.
+    return b"\\" in text and _NUL_ESCAPE in text
 
 
 def replace_lone_surrogates(body: bytes) -> bytes:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import msgspec
 
 from krenalis.events.event import EVENT_TYPES
+from krenalis.events.jsontext import may_hold_nul
 from krenalis.events.timestamps import is_wire_form
 from krenalis.events.wire import (
     OPTIONAL_OBJECTS,
@@ -180,8 +181,6 @@ _decode = msgspec.json.Decoder(_Event).decode
 _Wire = _struct("_Wire", _TREE, "", wire=True)
 _wire_values = _flattener(_Wire, frozenset(REQUIRED_OBJECTS + OPTIONAL_OBJECTS))
 _decode_wire = msgspec.json.Decoder(_Wire).decode
-_NUL = b"\\u0000"
-_BACKSLASH = b"\\"
 
 
 def fast_row(data: bytes) -> Row | None:
@@ -189,7 +188,7 @@ def fast_row(data: bytes) -> Row | None:
     path."""
     # One look at the whole text first: PostgreSQL cannot hold NUL, and the careful path strips
     # it (an escaped backslash before "u0000" is declined too, which costs only care).
-    if _BACKSLASH in data and _NUL in data:  # a memchr first: most events have no escape
+    if may_hold_nul(data):
         return None
     try:
         row = _values(_decode(data))
@@ -214,7 +213,7 @@ def read_row_event(data: bytes) -> StoredEvent:
     no other name) and the columns as :func:`fast_row`'s does, so an event it takes is one that
     read_event takes, with the same values (tests/sinks/test_warehouse_rows.py); for any other,
     read_event decides, and the row is made at write time."""
-    if _BACKSLASH in data and _NUL in data:
+    if may_hold_nul(data):
         return read_event(data)
     try:
         if not data.isascii():  # msgspec does not check the UTF-8 of a Raw
