@@ -121,10 +121,7 @@ class Delivery:
 
     def _settle(self, done: bool) -> bool:
         """Mark the delivery settled; True if the settle is to be sent."""
-        if self.settled:
-            return False
-        self.settled = True
-        return self._consumer._untrack(self, done)
+        return bool(self._consumer._settle_all([self], done))
 
 
 def _stream_seq(reply: str) -> int:
@@ -238,15 +235,6 @@ class PipelineConsumer:
             await self._look()
         return not delivery.stale
 
-    def _untrack(self, delivery: Delivery, done: bool = False) -> bool:
-        """Forget a settled delivery; True if it is of the current generation (send the settle)."""
-        self._tracked.pop(id(delivery), None)
-        if delivery.generation != self.generation:
-            return False
-        if done and self.pruner is not None:
-            self.pruner.settled(delivery.stream_seq)
-        return True
-
     def _confirmed(self) -> bool:
         """Connected, and no reconnection since the generation was last read."""
         return self._nc.is_connected and self._nc.stats["reconnects"] == self._confirmed_at
@@ -268,9 +256,11 @@ class PipelineConsumer:
             self._nc, [b"PUB %s 4\r\n+ACK\r\n" % d.msg.reply.encode() for d in to_send]
         )
 
-    def _settle_all(self, deliveries: list[Delivery]) -> list[Delivery]:
-        """Mark `deliveries` acked as each one's ``_settle(done=True)`` does, in one pass (one
-        call per event showed in the worker's profile); those whose ack is to be sent."""
+    def _settle_all(self, deliveries: list[Delivery], done: bool = True) -> list[Delivery]:
+        """Mark the deliveries not settled yet as settled (`done`: acked or termed, for the
+        pruner; else nak'd) and forget them, in one pass for a batch (a call per event showed
+        in the worker's profile); return those of the current generation, whose settle is to be
+        sent (an older generation's would settle another message)."""
         tracked, generation = self._tracked, self.generation
         to_send = []
         for d in deliveries:
@@ -280,8 +270,8 @@ class PipelineConsumer:
             tracked.pop(id(d), None)
             if d.generation == generation:
                 to_send.append(d)
-        if to_send and self.pruner is not None:
-            self.pruner.settled_many([d.stream_seq for d in to_send])
+        if done and to_send and self.pruner is not None:
+            self.pruner.settled([d.stream_seq for d in to_send])
         return to_send
 
     async def _send(self, delivery: Delivery, payload: bytes) -> None:

@@ -68,13 +68,8 @@ class Pruner:
         """Whether something was settled (or left above the floor) since the last prune."""
         return self._dirty
 
-    def settled(self, seq: int) -> None:
-        """A message was acked or termed: it may go once the ack floor passes it."""
-        self._settled.append((time.monotonic(), seq))
-        self._dirty = True
-
-    def settled_many(self, seqs: list[int]) -> None:
-        """Messages were acked together: as settled() for each."""
+    def settled(self, seqs: list[int]) -> None:
+        """Messages were acked or termed: each may go once the ack floor passes it."""
         now = time.monotonic()
         self._settled.extend([(now, seq) for seq in seqs])
         self._dirty = True
