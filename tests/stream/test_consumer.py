@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +30,19 @@ async def setup(url: str, pipeline: str, ack_wait: float, count: int = 1):
     return conn
 
 
+@contextlib.asynccontextmanager
+async def consuming(url: str, pipeline: str, ack_wait: float, count: int = 1):
+    """`setup`, then a started consumer of the pipeline; both closed at the end."""
+    conn = await setup(url, pipeline, ack_wait, count)
+    consumer = PipelineConsumer(conn.js, pipeline, ack_wait=ack_wait)
+    await consumer.start()
+    try:
+        yield conn, consumer
+    finally:
+        await consumer.close()
+        await conn.close()
+
+
 async def stream_holds(conn: NatsConnection, count: int, timeout: float = 5.0) -> bool:
     """Whether EVENTS comes to hold `count` messages (settled ones leave within a second)."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -48,10 +62,7 @@ async def fetch_all(consumer: PipelineConsumer, want: int, timeout: float = 5.0)
 
 
 async def test_long_processing_with_heartbeats_is_delivered_once(nats_server):
-    conn = await setup(nats_server.url, "slow", ack_wait=1.0)
-    consumer = PipelineConsumer(conn.js, "slow", ack_wait=1.0)
-    await consumer.start()
-    try:
+    async with consuming(nats_server.url, "slow", 1.0) as (conn, consumer):
         [delivery] = await fetch_all(consumer, 1)
         assert delivery.num_delivered == 1
         await asyncio.sleep(3.0)  # three AckWaits of "work"
@@ -60,9 +71,6 @@ async def test_long_processing_with_heartbeats_is_delivered_once(nats_server):
         assert await consumer.fetch(1, timeout=0.5) == []  # nothing redelivered meanwhile
         await delivery.ack()
         assert await stream_holds(conn, 0)
-    finally:
-        await consumer.close()
-        await conn.close()
 
 
 async def test_without_heartbeats_the_message_is_redelivered(nats_server):
@@ -81,10 +89,7 @@ async def test_without_heartbeats_the_message_is_redelivered(nats_server):
 
 
 async def test_nothing_is_acked_before_the_caller_acks(nats_server):
-    conn = await setup(nats_server.url, "p", ack_wait=5.0, count=5)
-    consumer = PipelineConsumer(conn.js, "p", ack_wait=5.0)
-    await consumer.start()
-    try:
+    async with consuming(nats_server.url, "p", 5.0, count=5) as (conn, consumer):
         batch = await fetch_all(consumer, 5)
         assert [d.data for d in batch] == [f"e{i}".encode() for i in range(5)]
         await asyncio.sleep(0.3)
@@ -95,16 +100,10 @@ async def test_nothing_is_acked_before_the_caller_acks(nats_server):
         await batch[1].term("invalid event data")
         assert await stream_holds(conn, 3)
         assert consumer.in_flight == 3
-    finally:
-        await consumer.close()
-        await conn.close()
 
 
 async def test_ack_all_acks_each_once_and_the_acked_are_removed(nats_server):
-    conn = await setup(nats_server.url, "p", ack_wait=5.0, count=6)
-    consumer = PipelineConsumer(conn.js, "p", ack_wait=5.0)
-    await consumer.start()
-    try:
+    async with consuming(nats_server.url, "p", 5.0, count=6) as (conn, consumer):
         batch = await fetch_all(consumer, 6)
         await batch[0].ack()
         await consumer.ack_all(batch[:4])  # the first one again: harmless
@@ -115,25 +114,16 @@ async def test_ack_all_acks_each_once_and_the_acked_are_removed(nats_server):
         assert info.num_ack_pending == 2 and info.ack_floor.stream_seq == batch[3].stream_seq
         await consumer.ack_all(batch[4:])
         assert await stream_holds(conn, 0)
-    finally:
-        await consumer.close()
-        await conn.close()
 
 
 async def test_nak_with_delay_redelivers_later(nats_server):
-    conn = await setup(nats_server.url, "p", ack_wait=5.0)
-    consumer = PipelineConsumer(conn.js, "p", ack_wait=5.0)
-    await consumer.start()
-    try:
+    async with consuming(nats_server.url, "p", 5.0) as (conn, consumer):
         [delivery] = await fetch_all(consumer, 1)
         await delivery.nak(delay=1.0)
         assert await consumer.fetch(1, timeout=0.5) == []
         [again] = await fetch_all(consumer, 1, timeout=3)
         assert again.num_delivered == 2
         await again.ack()
-    finally:
-        await consumer.close()
-        await conn.close()
 
 
 async def test_close_hands_back_unsettled_messages(nats_server):
