@@ -1,7 +1,8 @@
 """Small side-by-side measurements behind single changes (bench/RESULTS.md, "Performance").
 
-- `fetch`: fetch + ack of a filled stream with nats-py's pull fetch, with and without
-  :func:`krenalis.stream.client.lean_next_msg`, alternating.
+- `fetch`: fetch + ack (a batch's acks in one write, as the worker sends them) of a filled
+  stream with nats-py's pull fetch, with :func:`krenalis.stream.client.lean_next_msg`, and
+  with :func:`krenalis.stream.client.lean_fetch`, alternating.
 - `http`: one POST per event to bench/receiver.py, 8 at a time: httpx, aiohttp, and the webhook
   sink, alternating; requests/s and this process's CPU per request.
 - `rows`: from a stored message to the warehouse's row, per event, on the load generator's
@@ -27,10 +28,10 @@ from typing import Any
 __all__ = ["main"]
 
 
-async def _fetch_once(url: str, lean: bool, count: int) -> tuple[float, float]:
+async def _fetch_once(url: str, way: str, count: int) -> tuple[float, float]:
     from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-    from krenalis.stream.client import Client, lean_next_msg
+    from krenalis.stream.client import Client, lean_fetch, lean_next_msg, publish_many
 
     nc = Client()
     await nc.connect(url)
@@ -44,13 +45,16 @@ async def _fetch_once(url: str, lean: bool, count: int) -> tuple[float, float]:
     config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10000)
     await js.add_consumer("MICRO", config)
     sub = await js.pull_subscribe_bind("c", stream="MICRO")
-    if lean:
+    if way != "nats-py":
         lean_next_msg(sub._sub)
     got, started, cpu = 0, time.perf_counter(), time.process_time()
     while got < count:
-        msgs = await sub.fetch(1000, timeout=2)
-        for msg in msgs:
-            await msg.ack()
+        if way == "lean fetch":
+            msgs = await lean_fetch(sub, 1000, 2)
+        else:
+            msgs = await sub.fetch(1000, timeout=2)
+        # The acks as the worker sends them: one write per batch.
+        await publish_many(nc, [b"PUB %s 4\r\n+ACK\r\n" % m.reply.encode() for m in msgs])
         got += len(msgs)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await nc.close()
@@ -67,10 +71,9 @@ def fetch(rounds: int) -> None:
         server.start()
         try:
             for _ in range(rounds):
-                for lean in (False, True):
-                    rate, us = uvloop.run(_fetch_once(server.url, lean, 50_000))
-                    name = "lean next_msg" if lean else "nats-py next_msg"
-                    print(f"fetch + ack, {name}: {rate:,.0f} msgs/s, {us:.1f} us CPU/msg")
+                for way in ("nats-py", "lean next_msg", "lean fetch"):
+                    rate, us = uvloop.run(_fetch_once(server.url, way, 50_000))
+                    print(f"fetch + batch ack, {way}: {rate:,.0f} msgs/s, {us:.1f} us CPU/msg")
         finally:
             server.stop()
 

@@ -1,7 +1,10 @@
 """The faster header and message parsers give what nats-py's own parsers give, and the client
-uses them."""
+uses them; the lean fetch gives what nats-py's fetch gives."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.protocol.parser import Parser
 
 from fixtures.nats_servers import connected
-from krenalis.stream.client import Client, _Parser, lean_next_msg, parse_header_lines
+from krenalis.stream.client import Client, _Parser, lean_fetch, lean_next_msg, parse_header_lines
 from krenalis.stream.layout import STREAM, ensure_consumer
 from krenalis.stream.publisher import Publisher, copy_for
 
@@ -88,6 +91,88 @@ async def test_a_lean_subscription_gets_its_messages_without_headers(nats_settin
         assert sub._sub._id not in conn.nc.lean_sids  # a subscription gone is forgotten
     finally:
         await conn.close()
+
+
+async def _lean_subs(conn, *pipelines: str) -> list:
+    """A lean pull subscription per pipeline's consumer (made here)."""
+    subs = []
+    for pipeline in pipelines:
+        await ensure_consumer(conn.js, pipeline, 0, 30)
+        sub = await conn.js.pull_subscribe_bind(f"EVENTS_{pipeline}_0", stream=STREAM)
+        subs.append(lean_next_msg(sub._sub) and sub)
+    return subs
+
+
+async def _store(conn, pipelines: tuple[str, ...], numbers: range) -> None:
+    """The same events, numbered, for each pipeline."""
+    for pipeline in pipelines:
+        copies = [copy_for(pipeline, 0, b'{"n":%d}' % i, f"id-{i}") for i in numbers]
+        await Publisher(conn.nc).publish(copies)
+
+
+def _numbers(msgs) -> list[bytes]:
+    return [m.data for m in msgs]
+
+
+async def test_the_lean_fetch_takes_what_nats_pys_fetch_takes(nats_settings) -> None:
+    conn = await connected(nats_settings)
+    try:
+        ours, theirs = await _lean_subs(conn, "ours", "theirs")
+        await _store(conn, ("ours", "theirs"), range(250))
+        # More asked than stored: both end at the server's "404 No Messages", not the timeout.
+        started = time.monotonic()
+        got = await lean_fetch(ours, 1000, 10)
+        assert time.monotonic() - started < 5
+        assert _numbers(got) == _numbers(await theirs.fetch(1000, timeout=10))
+        assert _numbers(got) == [b'{"n":%d}' % i for i in range(250)]
+        assert all(m.headers is None for m in got)
+        # Fewer asked than stored: the first ones, then the rest on the next fetch.
+        await _store(conn, ("ours", "theirs"), range(250, 300))
+        assert _numbers(await lean_fetch(ours, 20, 10)) == _numbers(await theirs.fetch(20, 10))
+        assert _numbers(await lean_fetch(ours, 100, 10)) == [
+            b'{"n":%d}' % i for i in range(270, 300)
+        ]
+        # Nothing stored: a timeout, as nats-py's fetch raises it.
+        with pytest.raises(NatsTimeoutError):
+            await lean_fetch(ours, 10, 0.5)
+        # Stored while the fetch waits: taken.
+        waiting = asyncio.create_task(lean_fetch(ours, 10, 10))
+        await asyncio.sleep(0.3)
+        await _store(conn, ("ours",), range(300, 302))
+        assert _numbers(await waiting) == [b'{"n":300}', b'{"n":301}']
+        await ours.unsubscribe()  # else the drain on close waits for a pending pull
+        await theirs.unsubscribe()
+    finally:
+        await conn.close()
+
+
+async def test_the_lean_fetch_takes_the_queue_first_and_drops_old_statuses(nats_settings) -> None:
+    conn = await connected(nats_settings)
+    try:
+        [sub] = await _lean_subs(conn, "q")
+        # An earlier request's answer, still queued: "404 No Messages" (nothing stored yet).
+        await conn.nc.publish(sub._nms, b'{"batch":5,"no_wait":true}', sub._deliver)
+        await _until_queued(sub, 1)
+        # Then messages an earlier request brought: two of the three stored.
+        await _store(conn, ("q",), range(3))
+        await conn.nc.publish(sub._nms, b'{"batch":2,"no_wait":true}', sub._deliver)
+        await _until_queued(sub, 3)
+        # The status is dropped (it does not end this fetch), the queued two come first, the
+        # third from the fetch's own request.
+        got = await lean_fetch(sub, 10, 10)
+        assert _numbers(got) == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+        assert sub._sub._pending_queue.empty() and sub._sub._pending_size == 0
+        await sub.unsubscribe()
+    finally:
+        await conn.close()
+
+
+async def _until_queued(sub, count: int) -> None:
+    for _ in range(500):
+        if sub._sub._pending_queue.qsize() >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} messages were not queued within 5 s")
 
 
 class _Recorder:

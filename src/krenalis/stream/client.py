@@ -24,13 +24,19 @@ headers of an atomic batch's copies, against under 2 us for the commands of
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+
 from nats import errors
 from nats.aio.client import Client as _NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import StatusCode
+from nats.js.client import JetStreamContext
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
-__all__ = ["Client", "lean_next_msg", "publish_many"]
+__all__ = ["Client", "lean_fetch", "lean_next_msg", "publish_many"]
 
 _CRLF = b"\r\n"
 
@@ -216,6 +222,107 @@ def lean_next_msg(sub: Subscription) -> Subscription:
 
     sub.next_msg = next_msg  # type: ignore[method-assign]
     return sub
+
+
+async def lean_fetch(
+    psub: JetStreamContext.PullSubscription, batch: int, timeout: float
+) -> list[Msg]:
+    """``psub.fetch(batch, timeout)`` for a subscription made lean (:func:`lean_next_msg`): the
+    same pull requests and the same answers to the server's statuses, but the messages already
+    queued are taken in one loop, where nats-py's fetch awaits ``next_msg``, checks the status
+    and reads the clock for each (about 2 us per message of a worker's CPU).
+
+    The busy path is this one: what is queued, then a `no_wait` request for the rest and what
+    it brings. When that request brings no message (an idle stream: a status, a heartbeat),
+    what time is left goes to nats-py's fetch, which waits as it always does."""
+    sub = psub._sub
+    if batch < 2 or sub is None or sub._conn.is_closed or timeout <= 0:
+        return await psub.fetch(batch, timeout)
+    started = time.monotonic()
+    msgs: list[Msg] = []
+    # Statuses queued before this request answered an earlier one: dropped, as nats-py does.
+    needed, _ = _take_queued(sub, msgs, batch, stale=True)
+    if not needed:
+        return msgs
+    request: dict[str, int | bool] = {"batch": needed, "no_wait": True}
+    if not msgs:  # nats-py's choice: with expires, the server waits instead (see its fetch)
+        request["expires"] = int(timeout * 1_000_000_000) - 100_000
+    await psub._nc.publish(psub._nms, json.dumps(request).encode(), psub._deliver)
+    await asyncio.sleep(0)
+    try:
+        first = await sub.next_msg(timeout)
+    except TimeoutError:
+        if msgs:
+            return msgs
+        raise
+    if _answer(first) == _MESSAGE:
+        msgs.append(first)
+        await _take_rest(sub, msgs, needed - 1, started + timeout)
+    if msgs:
+        return msgs
+    left = timeout - (time.monotonic() - started)
+    if left <= 0:
+        raise errors.TimeoutError
+    return await psub.fetch(needed, left)
+
+
+_MESSAGE, _SKIP, _END = 0, 1, 2
+
+
+def _answer(msg: Msg) -> int:
+    """What a message answering our request is: a stream message, a status to skip (a
+    heartbeat, a conflict), or the end of what this request brings (no messages, request
+    timeout). Any other status raises as nats-py's fetch raises it."""
+    if msg.headers is None:
+        return _MESSAGE
+    status = JetStreamContext.is_status_msg(msg)
+    if not status:
+        return _MESSAGE
+    if status in (StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT):
+        return _END
+    if status != StatusCode.CONTROL_MESSAGE:
+        JetStreamContext._is_processable_msg(status, msg)  # raises for what is not temporary
+    return _SKIP
+
+
+def _take_queued(sub: Subscription, msgs: list[Msg], needed: int, stale: bool) -> tuple[int, bool]:
+    """Move queued messages to `msgs` until `needed` are taken or the queue is empty; return
+    how many are still needed and whether a status ended the request (never when `stale`:
+    statuses then are dropped)."""
+    queue = sub._pending_queue
+    while needed and queue.qsize():
+        msg = queue.get_nowait()
+        queue.task_done()
+        sub._pending_size -= len(msg.data)
+        answer = _MESSAGE if msg.headers is None else None  # the lean stream message: at once
+        if answer is None:
+            answer = _SKIP if stale and JetStreamContext.is_status_msg(msg) else _answer(msg)
+        if answer == _MESSAGE:
+            msgs.append(msg)
+            needed -= 1
+        elif answer == _END:
+            return needed, True
+    return needed, False
+
+
+async def _take_rest(sub: Subscription, msgs: list[Msg], needed: int, deadline: float) -> None:
+    """Take up to `needed` more messages for the request until its end or the `deadline`: all
+    that is queued at once, then a wait for the next bytes to arrive."""
+    while needed:
+        needed, ended = _take_queued(sub, msgs, needed, stale=False)
+        left = deadline - time.monotonic()
+        if ended or not needed or left <= 0:
+            return
+        try:
+            msg = await sub.next_msg(left)
+        except TimeoutError:
+            return
+        answer = _answer(msg)
+        if answer == _END:
+            return
+        if answer == _MESSAGE:
+            msgs.append(msg)
+            needed -= 1
 
 
 async def publish_many(nc: _NatsClient, commands: list[bytes]) -> None:

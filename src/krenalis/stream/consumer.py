@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, RetentionPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from krenalis.stream.client import lean_next_msg, publish_many
+from krenalis.stream.client import lean_fetch, lean_next_msg, publish_many
 from krenalis.stream.layout import STREAM, consumer_name, ensure_consumer, subject
 from krenalis.stream.pruning import Pruner
 
@@ -199,7 +199,7 @@ class PipelineConsumer:
             return []
         generation = self.generation
         try:
-            msgs = await self._sub.fetch(batch, timeout=timeout)
+            msgs = await lean_fetch(self._sub, batch, timeout)
         except (TimeoutError, NatsTimeoutError):
             return []
         except (ServiceUnavailableError, NoRespondersError):
