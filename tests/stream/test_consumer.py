@@ -216,3 +216,18 @@ def test_stream_sequence_read_as_nats_py_reads_it() -> None:
         "$JS.ACK.hub.ACCHASH.EVENTS.EVENTS_p_0.1.99.1.1764144000000000000.0",
     ):
         assert _stream_seq(reply) == Msg.Metadata._from_reply(reply).sequence.stream
+
+
+async def test_a_consumer_deleted_while_fetching_is_called_gone_not_leaderless(nats_server, caplog):
+    # A retired pipeline's consumer is deleted while its worker still fetches: the worker is
+    # told it is gone, not that it waits for a leader.
+    async with consuming(nats_server.url, "gone", 30, count=0) as (conn, consumer):
+        fetching = asyncio.create_task(consumer.fetch(10, timeout=2))
+        await asyncio.sleep(0.3)
+        await conn.js.delete_consumer(STREAM, consumer.name)
+        assert await fetching == []
+        for _ in range(3):
+            assert await consumer.fetch(10, timeout=0.3) == []
+        messages = [r.getMessage() for r in caplog.records]
+        assert not [m for m in messages if "no leader" in m], messages
+        assert consumer.generation is None

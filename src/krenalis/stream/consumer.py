@@ -50,6 +50,9 @@ WATCH_INTERVAL = 0.5
 #: Seconds a read of the consumer's state may take: during a cluster election it gets no answer,
 #: and fetching and settling wait for it after a reconnection (JetStream's default is 5 s).
 READ_TIMEOUT = 2.0
+#: Seconds to learn whether a consumer that did not answer a fetch was deleted (a deleted one's
+#: state answers at once; one without a leader does not answer).
+DELETED_TIMEOUT = 0.5
 
 ACK = b"+ACK"
 NAK = b"-NAK"
@@ -204,9 +207,13 @@ class PipelineConsumer:
             return []
         except (ServiceUnavailableError, NoRespondersError):
             # No leader for this consumer right now (a cluster node died, an election runs), or
-            # no consumer at all: fetch again later, after reading its state. What this worker
-            # holds stays held, heartbeats go on once the consumer is confirmed.
+            # no consumer at all (deleted: its state says which, and _gone tells): fetch again
+            # later. What this worker holds stays held, heartbeats go on once it is confirmed.
             self._confirmed_at = None
+            if not self._leaderless and await self._deleted():
+                await self._look()  # it tells that the consumer is gone, and forgets it
+                await asyncio.sleep(timeout)
+                return []
             if not self._leaderless:
                 self._leaderless = True
                 log.warning("The consumer has no leader; retrying.", extra={"consumer": self.name})
@@ -314,6 +321,17 @@ class PipelineConsumer:
             if self._reconnects() == reconnects:  # else this may be the server from before
                 self._confirmed_at = reconnects
             return info
+
+    async def _deleted(self) -> bool:
+        """Whether the consumer's state says at once that it does not exist (a consumer
+        without a leader gives no answer: False after a short wait)."""
+        try:
+            await self.js.consumer_info(STREAM, self.name, timeout=DELETED_TIMEOUT)
+        except NotFoundError:
+            return True
+        except Exception:  # no answer, no connection: not known to be gone
+            return False
+        return False
 
     def _follow(self, created: datetime) -> None:
         """Adopt the consumer's generation; what was delivered by an older one is dropped."""
