@@ -464,6 +464,44 @@ async def test_concurrent_writers_of_the_same_ids_do_not_deadlock(warehouse: str
     assert await count(warehouse) == len(ids)
 
 
+async def test_writers_of_the_same_ids_in_opposite_orders_do_not_deadlock(warehouse: str) -> None:
+    # An open transaction holds m-z, so both writers are sure to be mid-batch at once: each
+    # has written what comes before m-z in its order and waits. Written in the orders given
+    # (a, z, b against b, z, a), the one that gets m-z next would wait for the other's first
+    # row while the other waits for it: a deadlock, and a retry. In key order, the second
+    # waits at m-a, and merges once the first commits.
+    async with await psycopg.AsyncConnection.connect(warehouse) as holder:
+        await holder.execute(
+            "INSERT INTO krenalis_events (connection_id, anonymous_id, message_id, received_at,"
+            " sent_at, timestamp, traits, type) VALUES ('1234', 'x', 'm-z', now(), now(), now(),"
+            " '{}', 'track')"
+        )
+        async with WarehouseSink(warehouse) as one, WarehouseSink(warehouse) as two:
+            writes = asyncio.gather(
+                one.write(stored([make_event(i) for i in ("m-a", "m-z", "m-b")])),
+                two.write(stored([make_event(i) for i in ("m-b", "m-z", "m-a")])),
+            )
+            await asyncio.sleep(0.5)
+            await holder.rollback()
+            assert await writes == [[DELIVERED] * 3] * 2
+    assert await message_ids(warehouse) == {"m-a", "m-b", "m-z"}
+
+
+async def test_a_batch_mixing_stored_and_new_events_is_merged(
+    sink: WarehouseSink, warehouse: str
+) -> None:
+    # m-2 and m-4 are stored: COPY stops at the first, the batch is merged instead, and the
+    # bad row found by its line number there; each remaining part is written again.
+    assert await sink.write(stored([make_event("m-2"), make_event("m-4")])) == [DELIVERED] * 2
+    batch = [make_event(f"m-{i}", event=f"Second {i}") for i in range(6)]
+    batch[3]["context"] = {"ip": "not-an-ip"}
+    outcomes = await sink.write(stored(batch))
+    assert isinstance(outcomes[3], Rejected) and "context_ip" in outcomes[3].reason
+    assert outcomes[:3] + outcomes[4:] == [DELIVERED] * 5
+    rows = await fetch(warehouse, "SELECT message_id, event FROM krenalis_events ORDER BY 1")
+    assert rows == [{"message_id": f"m-{i}", "event": f"Second {i}"} for i in (0, 1, 2, 4, 5)]
+
+
 # -- rejections ------------------------------------------------------------------------------
 
 
@@ -519,7 +557,9 @@ async def test_many_bad_rows_among_good_ones(sink: WarehouseSink, warehouse: str
 async def test_a_row_refused_by_the_upsert_is_found_by_bisection(
     sink: WarehouseSink, warehouse: str
 ) -> None:
-    # The temporary table does not copy CHECK constraints: the error comes from the INSERT.
+    # One event is in the table already, so the batch is merged through the batch table, which
+    # does not copy CHECK constraints: the error comes from the INSERT, with no line to name.
+    assert await sink.write(stored([make_event("m-20")])) == [DELIVERED]
     async with await psycopg.AsyncConnection.connect(warehouse, autocommit=True) as conn:
         await conn.execute(
             "ALTER TABLE krenalis_events ADD CONSTRAINT no_test CHECK (event <> 'forbidden')"
