@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import time
 import uuid
@@ -66,7 +67,10 @@ async def publish(
     import nats
 
     pool = payloads(min(count, 20_000), event_size)
-    nc = await nats.connect(servers=urls, name="bench-baseline")
+    # serve's embedded server takes its user's NKey (from the environment: never an argument,
+    # which any process can read)
+    seed = os.environ.get("KRENALIS_NATS_NKEY") or None
+    nc = await nats.connect(servers=urls, name="bench-baseline", nkeys_seed_str=seed)
     try:
         result = await _publish_async(
             nc, pool, count, pipelines, replicas, max_seconds, stream + "_ASYNC"

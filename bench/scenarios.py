@@ -257,8 +257,16 @@ class Runner:
                      f"{load:.2f} cores)")  # fmt: skip
         return waited, load
 
-    def baseline(self, rows: list[dict], urls: list[str], pipelines: list[str], replicas: int = 1):
-        """Raw publish_async of as many copies as the first row stored; attach to `rows`."""
+    def baseline(
+        self,
+        rows: list[dict],
+        urls: list[str],
+        pipelines: list[str],
+        replicas: int = 1,
+        nkey: str | None = None,
+    ):
+        """Raw publish_async of as many copies as the first row stored; attach to `rows`.
+        `nkey`: the seed serve's embedded server wants (passed in the environment)."""
         o = self.opts
         copies = max(1000, rows[0]["load"]["accepted_total"] * len(pipelines))
         out = self.dir("baseline") / f"baseline-{time.time():.0f}.json"
@@ -272,7 +280,8 @@ class Runner:
              "--max-seconds", str(o.baseline_seconds), "--event-size", str(o.event_size),
              "--batch", str(rows[0]["batch"]), "--concurrency", str(rows[0]["connections"]),
              "--out", str(out)],
-            env=bench_env(), cwd=REPO, log_path=out.with_suffix(".log"), stop_timeout=10,
+            env=dict(bench_env(), **({"KRENALIS_NATS_NKEY": nkey} if nkey else {})),
+            cwd=REPO, log_path=out.with_suffix(".log"), stop_timeout=10,
         )  # fmt: skip
         try:
             proc.popen.wait(o.baseline_seconds + 120)
@@ -410,7 +419,7 @@ class Runner:
                     nats_procs=nats_procs, probes=(probe,), expected_before=probe.count(),
                     extra=extra,
                 ))  # fmt: skip
-            self.baseline(rows, stack.nats_urls, ["wh"])
+            self.baseline(rows, stack.nats_urls, ["wh"], nkey=stack.env.get("KRENALIS_NATS_NKEY"))
         finally:
             stack.stop()
             if nats is not None:
@@ -446,7 +455,12 @@ class Runner:
                         connections=None if batch_mode else 8,
                     )  # fmt: skip
                     if batch_mode:  # the other is bound by the sink, not by NATS
-                        self.baseline([row], stack.nats_urls, ["hook"])
+                        self.baseline(
+                            [row],
+                            stack.nats_urls,
+                            ["hook"],
+                            nkey=stack.env.get("KRENALIS_NATS_NKEY"),
+                        )
                 finally:
                     stack.stop()
         finally:
@@ -474,7 +488,12 @@ class Runner:
                     url=stack.url, duration=o.short_duration, stack=stack, receiver=rx,
                     probes=probes, copies=4, extra={"sync": "always"},
                 )  # fmt: skip
-                self.baseline([row], stack.nats_urls, ["wh", "hook", "archive"])
+                self.baseline(
+                    [row],
+                    stack.nats_urls,
+                    ["wh", "hook", "archive"],
+                    nkey=stack.env.get("KRENALIS_NATS_NKEY"),
+                )
             finally:
                 fprobe.stop()
                 stack.stop()
