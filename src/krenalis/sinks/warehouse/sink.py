@@ -1,4 +1,4 @@
-"""The PostgreSQL warehouse sink: upserts event batches into ``krenalis_events``.
+"""The PostgreSQL warehouse sink: writes event batches into ``krenalis_events``, each event once.
 
 One write is one transaction: the batch (deduplicated by ``(messageId, connectionId)``, the
 last copy wins, in key order) is COPYed into the table. When some of its keys are there already
