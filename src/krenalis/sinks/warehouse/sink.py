@@ -58,9 +58,9 @@ _COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column (\w+))?")
 
 #: A row's primary key: (message_id, connection_id).
 Key = tuple[str, str]
-#: The order rows are written in (row_key's, in C): two writers of the same keys lock them in
-#: the same order, and cannot deadlock.
-_KEY_ORDER = operator.itemgetter(MESSAGE_ID, CONNECTION_ID)
+#: row_key in C (one call per event). Rows are written in this order: two writers of the same
+#: keys lock them in the same order, and cannot deadlock.
+_key_of = operator.itemgetter(MESSAGE_ID, CONNECTION_ID)
 
 # -- errors ----------------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ class WarehouseSink:
     async def write(self, events: list[Event]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(events)
         rows: dict[Key, Row] = {}
-        owners: dict[Key, list[int]] = {}
+        keys: list[Key | None] = [None] * len(events)
         for i, event in enumerate(events):
             try:
                 row = (
@@ -132,17 +132,16 @@ class WarehouseSink:
             except InvalidRow as exc:
                 outcomes[i] = Rejected(str(exc))
                 continue
-            # One row per key: the upsert cannot touch a row twice. A later copy of an event
+            # One row per key: a write cannot hold a key twice. A later copy of an event
             # replaces the earlier one; another source's event with the same messageId does not.
-            key = row_key(row)
+            key = keys[i] = _key_of(row)
             rows[key] = row
-            owners.setdefault(key, []).append(i)
         if rows:
-            result = await self._write_rows(sorted(rows.values(), key=_KEY_ORDER))
-            for key, indexes in owners.items():
-                outcome = result.get(key, DELIVERED)
-                for i in indexes:
-                    outcomes[i] = outcome
+            result = await self._write_rows(sorted(rows.values(), key=_key_of))
+            if result:  # usually empty: every row was written
+                for i, key in enumerate(keys):
+                    if key is not None:
+                        outcomes[i] = result.get(key, DELIVERED)
         self._log_rejections(outcomes)
         return [o if o is not None else DELIVERED for o in outcomes]
 
