@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import re
 
 import psycopg
@@ -38,15 +37,7 @@ from psycopg import sql
 from krenalis.errors import InvalidRow
 from krenalis.sinks.base import DELIVERED, Event, Outcome, Rejected, Retry
 from krenalis.sinks.warehouse.rows import fast_row, read_row_event
-from krenalis.sinks.warehouse.schema import (
-    COLUMNS,
-    CONNECTION_ID,
-    KEY,
-    MESSAGE_ID,
-    Row,
-    event_to_row,
-    row_key,
-)
+from krenalis.sinks.warehouse.schema import COLUMNS, KEY, Row, event_to_row, row_key
 
 __all__ = ["WarehouseSink", "is_retriable"]
 
@@ -58,9 +49,6 @@ _COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column (\w+))?")
 
 #: A row's primary key: (message_id, connection_id).
 Key = tuple[str, str]
-#: row_key in C (one call per event). Rows are written in this order: two writers of the same
-#: keys lock them in the same order, and cannot deadlock.
-_key_of = operator.itemgetter(MESSAGE_ID, CONNECTION_ID)
 
 # -- errors ----------------------------------------------------------------------------------
 
@@ -134,10 +122,12 @@ class WarehouseSink:
                 continue
             # One row per key: a write cannot hold a key twice. A later copy of an event
             # replaces the earlier one; another source's event with the same messageId does not.
-            key = keys[i] = _key_of(row)
+            key = keys[i] = row_key(row)
             rows[key] = row
         if rows:
-            result = await self._write_rows(sorted(rows.values(), key=_key_of))
+            # In key order: two writers of the same keys lock them in the same order, and
+            # cannot deadlock.
+            result = await self._write_rows(sorted(rows.values(), key=row_key))
             if result:  # usually empty: every row was written
                 for i, key in enumerate(keys):
                     if key is not None:
