@@ -99,8 +99,6 @@ class WarehouseSink:
         self._conn: psycopg.AsyncConnection | None = None
         self._lock = asyncio.Lock()
         self._statements = _Statements(self._table)
-        #: Whether the batch table holds rows of this transaction (a merge ran in it).
-        self._batch_table_used = False
 
     #: The worker reads each message with this: read_event's checks, and the row made in the
     #: same decode (one pass over the bytes instead of two).
@@ -207,7 +205,7 @@ class WarehouseSink:
         self, cur: psycopg.AsyncCursor, rows: list[Row], rejected: dict[Key, str]
     ) -> None:
         """Write every row that PostgreSQL accepts; record the others in ``rejected``."""
-        pending, self._batch_table_used = [rows], False
+        pending = [rows]
         while pending:
             subset = pending.pop()
             error = await self._try_subset(cur, subset)
@@ -240,9 +238,9 @@ class WarehouseSink:
             return exc
         try:
             async with cur.connection.transaction():
-                if self._batch_table_used:  # emptied at commit: only an earlier merge left rows
-                    await cur.execute(self._statements.truncate_temp_sql)
-                self._batch_table_used = True
+                # The batch table is emptied at each commit, but an earlier merge in this
+                # transaction may have left its rows there.
+                await cur.execute(self._statements.empty_temp_sql)
                 await self._copy(cur, self._statements.copy_batch_sql, rows)
                 await cur.execute(self._statements.upsert_sql)
         except psycopg.Error as exc:
@@ -317,7 +315,8 @@ class _Statements:
         self.create_temp = sql.SQL(
             "CREATE TEMPORARY TABLE {temp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         ).format(temp=temp, table=table)
-        self.truncate_temp = sql.SQL("TRUNCATE {}").format(temp)
+        # DELETE, not TRUNCATE: on a table usually empty it writes nothing to the catalog.
+        self.empty_temp = sql.SQL("DELETE FROM {}").format(temp)
         self.copy = sql.SQL("COPY {table} ({cols}) FROM STDIN").format(table=table, cols=cols)
         self.copy_batch = sql.SQL("COPY {temp} ({cols}) FROM STDIN").format(temp=temp, cols=cols)
         # Rows go in key order (the COPYs get them sorted), so two writers of the same keys
@@ -326,13 +325,13 @@ class _Statements:
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} "
             "ORDER BY {key} ON CONFLICT ({key}) DO UPDATE SET {updates}"
         ).format(table=table, cols=cols, temp=temp, key=key, updates=updates)
-        self.create_temp_sql = self.truncate_temp_sql = self.upsert_sql = b""
+        self.create_temp_sql = self.empty_temp_sql = self.upsert_sql = b""
         self.copy_sql = self.copy_batch_sql = b""
 
     def render(self, conn: psycopg.AsyncConnection) -> None:
         """The statements as the bytes sent on `conn`."""
         self.create_temp_sql = self.create_temp.as_bytes(conn)
-        self.truncate_temp_sql = self.truncate_temp.as_bytes(conn)
+        self.empty_temp_sql = self.empty_temp.as_bytes(conn)
         self.copy_sql = self.copy.as_bytes(conn)
         self.copy_batch_sql = self.copy_batch.as_bytes(conn)
         self.upsert_sql = self.upsert.as_bytes(conn)
