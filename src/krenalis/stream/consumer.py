@@ -210,13 +210,14 @@ class PipelineConsumer:
             # no consumer at all (deleted: its state says which, and _gone tells): fetch again
             # later. What this worker holds stays held, heartbeats go on once it is confirmed.
             self._confirmed_at = None
-            if not self._leaderless and await self._deleted():
-                await self._look()  # it tells that the consumer is gone, and forgets it
-                await asyncio.sleep(timeout)
-                return []
             if not self._leaderless:
-                self._leaderless = True
-                log.warning("The consumer has no leader; retrying.", extra={"consumer": self.name})
+                if await self._deleted():
+                    await self._look()  # it tells that the consumer is gone, and forgets it
+                else:
+                    self._leaderless = True
+                    log.warning(
+                        "The consumer has no leader; retrying.", extra={"consumer": self.name}
+                    )
             await asyncio.sleep(timeout)
             return []
         if self._leaderless:
