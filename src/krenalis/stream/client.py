@@ -200,6 +200,15 @@ class _StreamMsg(Msg):
         self._sid = sid
 
 
+def _pop(sub: Subscription) -> Msg:
+    """The next queued message, with the bookkeeping nats-py's `next_msg` does."""
+    queue = sub._pending_queue
+    msg = queue.get_nowait()
+    sub._pending_size -= len(msg.data)
+    queue.task_done()
+    return msg
+
+
 def lean_next_msg(sub: Subscription) -> Subscription:
     """Make `sub.next_msg` return a message already queued without a task or a timer, as
     nats-py's does after its wait (the same bookkeeping); an empty queue, a closed connection
@@ -215,10 +224,7 @@ def lean_next_msg(sub: Subscription) -> Subscription:
     async def next_msg(timeout: float | None = 1.0) -> Msg:
         if queue.empty() or sub._conn.is_closed:
             return await slow(timeout)
-        msg = queue.get_nowait()
-        sub._pending_size -= len(msg.data)
-        queue.task_done()
-        return msg
+        return _pop(sub)
 
     sub.next_msg = next_msg  # type: ignore[method-assign]
     return sub
@@ -291,12 +297,13 @@ def _take_queued(sub: Subscription, msgs: list[Msg], needed: int, stale: bool) -
     statuses then are dropped)."""
     queue = sub._pending_queue
     while needed and queue.qsize():
-        msg = queue.get_nowait()
-        queue.task_done()
-        sub._pending_size -= len(msg.data)
-        answer = _MESSAGE if msg.headers is None else None  # the lean stream message: at once
-        if answer is None:
-            answer = _SKIP if stale and JetStreamContext.is_status_msg(msg) else _answer(msg)
+        msg = _pop(sub)
+        if msg.headers is None:  # a lean subscription's stream message: no call to classify it
+            answer = _MESSAGE
+        elif stale and JetStreamContext.is_status_msg(msg):
+            answer = _SKIP
+        else:
+            answer = _answer(msg)
         if answer == _MESSAGE:
             msgs.append(msg)
             needed -= 1
