@@ -99,7 +99,8 @@ async def _lean_subs(conn, *pipelines: str) -> list:
     for pipeline in pipelines:
         await ensure_consumer(conn.js, pipeline, 0, 30)
         sub = await conn.js.pull_subscribe_bind(f"EVENTS_{pipeline}_0", stream=STREAM)
-        subs.append(lean_next_msg(sub._sub) and sub)
+        lean_next_msg(sub._sub)
+        subs.append(sub)
     return subs
 
 
