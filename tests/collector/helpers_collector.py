@@ -166,7 +166,7 @@ class CollectorHarness:
         return (await stream_counts(self.conn.js))[0]
 
     async def archive_messages(self) -> int:
-        """Archive copies in EVENTS."""
+        """Archive copies in EVENTS_ARCHIVE."""
         return (await stream_counts(self.conn.js))[1]
 
     async def wait_usable(self, usable: bool, timeout: float = 15.0) -> None:

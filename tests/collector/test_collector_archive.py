@@ -14,12 +14,12 @@ from helpers_collector import (
     event,
 )
 
-from krenalis.stream.layout import STREAM, archive_subject
+from krenalis.stream.layout import ARCHIVE_STREAM, archive_subject
 from krenalis.stream.tail import INTEREST_SUBJECT, Interest
 from krenalis.workspace.load import parse_workspace
 
 
-async def test_each_accepted_event_gets_one_archive_copy_in_the_same_batch(
+async def test_each_accepted_event_gets_one_archive_copy_in_the_archive_stream(
     collector: CollectorHarness,
 ) -> None:
     batch = [event("track") for _ in range(30)] + [event("identify") for _ in range(30)]
@@ -28,10 +28,10 @@ async def test_each_accepted_event_gets_one_archive_copy_in_the_same_batch(
     # 60 warehouse copies, 30 CRM copies (tracks only): "stored" counts pipeline copies.
     assert response.json() == {"success": True, "accepted": 60, "stored": 90}
     assert (await collector.stream_messages(), await collector.archive_messages()) == (90, 60)
-    last = await collector.conn.js.get_last_msg(STREAM, archive_subject("website"))
+    last = await collector.conn.js.get_last_msg(ARCHIVE_STREAM, archive_subject("website"))
     assert last.headers["Nats-TTL"] == str(7 * 86400)
     assert last.headers["Nats-Msg-Id"] == f"{batch[-1]['messageId']}/_archive.website"
-    assert "Nats-Batch-Id" in last.headers  # 150 copies: one atomic batch, one fsync
+    assert "Nats-Batch-Id" in last.headers  # 60 archive copies: one atomic batch, one fsync
     assert json.loads(last.data)["messageId"] == batch[-1]["messageId"]
 
 

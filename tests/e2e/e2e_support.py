@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 
 from krenalis.runtime.processes import free_port
 from krenalis.stream.archive import stream_counts
-from krenalis.stream.layout import ARCHIVE_PREFIX, STREAM
+from krenalis.stream.layout import ARCHIVE_PREFIX, ARCHIVE_STREAM, LEGACY_ARCHIVE_PREFIX, STREAM
 
 __all__ = [
     "KrenalisProcess",
@@ -365,15 +365,15 @@ async def stream_empty(js: JetStreamContext, stream: str = STREAM) -> bool:
 
 
 async def subject_counts(js: JetStreamContext) -> dict[str, int]:
-    """Messages per pipeline subject of EVENTS (the archive's subjects left out)."""
+    """Messages per pipeline subject of EVENTS (an earlier version's archive left out)."""
     info = await js.stream_info(STREAM, subjects_filter=">")
     subjects = info.state.subjects or {}
-    return {s: n for s, n in subjects.items() if not s.startswith(ARCHIVE_PREFIX + ".")}
+    return {s: n for s, n in subjects.items() if not s.startswith(LEGACY_ARCHIVE_PREFIX + ".")}
 
 
 async def archive_counts(js: JetStreamContext) -> dict[str, int]:
-    """Archive copies per source in EVENTS."""
-    info = await js.stream_info(STREAM, subjects_filter=f"{ARCHIVE_PREFIX}.*")
+    """Archive copies per source in EVENTS_ARCHIVE."""
+    info = await js.stream_info(ARCHIVE_STREAM, subjects_filter=f"{ARCHIVE_PREFIX}.*")
     prefix = ARCHIVE_PREFIX + "."
     return {s.removeprefix(prefix): n for s, n in (info.state.subjects or {}).items()}
 

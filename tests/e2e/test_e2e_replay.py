@@ -33,7 +33,7 @@ from e2e_support import (
 )
 
 from krenalis.replay.state import BUCKET, ReplayState
-from krenalis.stream.layout import STREAM
+from krenalis.stream.layout import ARCHIVE_STREAM, STREAM
 from krenalis.workspace.store import BUCKET as WORKSPACE_BUCKET
 from krenalis.workspace.store import KEY as WORKSPACE_KEY
 from sinks.webhook_receiver import WebhookReceiver
@@ -251,7 +251,7 @@ async def test_archive_copies_expire_by_their_ttl(deployment):
         await serve.wait_healthy()
         await post(serve.base_url, events("x", tracks=10, identifies=0))
         assert await archive_counts(js) == {"web": 10}
-        info = await js.get_last_msg(STREAM, "events.v1._archive.web")
+        info = await js.get_last_msg(ARCHIVE_STREAM, "archive.v1.web")
         assert info.headers["Nats-TTL"] == "2"
         await wait_for(lambda: len(rx.bodies) >= 10, what="10 delivered", processes=[serve])
         await wait_for(lambda: _empty_archive(js), what="the archive to expire", timeout=15)

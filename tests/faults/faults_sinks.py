@@ -126,7 +126,7 @@ Receiver = WebhookReceiver
 async def stream_counts(nats_url: str, **options: Any) -> tuple[int, int]:
     """(pipeline copies in EVENTS, messages in EVENTS_DLQ); `nats_url` may list several
     servers; `options` go to nats.connect (the embedded server's key: nkeys_seed=<its file>).
-    The archive's copies stay in EVENTS: they are not counted."""
+    The archive's copies are in EVENTS_ARCHIVE: they are not counted."""
     nc = await nats.connect(nats_url.split(","), max_reconnect_attempts=3, **options)
     try:
         js = nc.jetstream(timeout=10)

@@ -57,7 +57,7 @@ def test_healthy_server(
     report = json.loads(out)
     assert code == 0 and report["ok"] is True and report["problems"] == []
     assert report["server"]["version"].startswith("2.")
-    assert report["jetstream"]["enabled"] is True and report["jetstream"]["streams"] == 2
+    assert report["jetstream"]["enabled"] is True and report["jetstream"]["streams"] == 3
     assert report["stream"]["exists"] and report["stream"]["replicas"] == 1
     assert report["stream"]["storage"] == "file"
 

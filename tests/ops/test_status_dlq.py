@@ -146,7 +146,9 @@ async def test_status_counts_match_the_consumers(
 
     code, out, _ = await _cli(capsys, "status")
     assert code == 0
-    assert "EVENTS: 5 messages" in out and "web-wh" in out and "no consumer" in out
+    assert (
+        "EVENTS and EVENTS_ARCHIVE: 5 messages" in out and "web-wh" in out and "no consumer" in out
+    )
 
 
 async def test_status_without_a_stored_workspace_still_shows_consumers(
@@ -198,7 +200,10 @@ async def test_watch_refreshes(
     screen = io.StringIO()
     console = Console(file=screen, width=120, force_terminal=False)
     await watch(conn, settings, 0.01, iterations=2, console=console)
-    assert "EVENTS: 0 messages" in screen.getvalue() and "web-wh" in screen.getvalue()
+    assert (
+        "EVENTS and EVENTS_ARCHIVE: 0 messages" in screen.getvalue()
+        and "web-wh" in screen.getvalue()
+    )
 
 
 # ---------------------------------------------------------------- dlq

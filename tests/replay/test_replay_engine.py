@@ -15,8 +15,13 @@ from krenalis.pipelines.routing import shard_of
 from krenalis.replay.engine import Replay
 from krenalis.replay.state import ReplayState, ReplayStore, owner
 from krenalis.stream.archive import archive_copy
-from krenalis.stream.layout import STREAM, ensure_consumer
-from krenalis.stream.publisher import Publisher
+from krenalis.stream.layout import (
+    ARCHIVE_STREAM,
+    STREAM,
+    ensure_consumer,
+    legacy_archive_subject,
+)
+from krenalis.stream.publisher import OutMessage, Publisher
 from krenalis.workspace.model import Pipeline
 
 TRACKS = parse_filter({"all": [{"field": "type", "op": "is", "value": "track"}]}, "test")
@@ -107,8 +112,9 @@ async def test_until_and_a_resumed_sequence_bound_what_is_read(conn):
     state = ReplayState(id="u", source="web", pipeline="p", since=time.time() - 3600,
                         until=time.time() - 1800)  # fmt: skip
     assert (await Replay(conn.nc, state, pipeline()).run()).read == 0
-    first = (await conn.js.get_msg(STREAM, seq=1, subject="events.v1._archive.web", next=True)).seq
-    state = ReplayState(id="s", source="web", pipeline="p", since=0, next_seq=first + 100)
+    first = (await conn.js.get_msg(ARCHIVE_STREAM, seq=1, subject="archive.v1.web", next=True)).seq
+    state = ReplayState(id="s", source="web", pipeline="p", since=0, stream=ARCHIVE_STREAM,
+                        next_seq=first + 100)  # fmt: skip
     assert (await Replay(conn.nc, state, pipeline()).run()).read == 20  # the identifies
 
 
@@ -120,3 +126,30 @@ async def test_one_replay_runs_in_one_process(conn):
         await Replay(conn.nc, state, pipeline(), store=store, revision=revision).run()
     assert await pipeline_copies(conn) == {}  # it stopped before publishing anything
     assert await store.create(state) is None  # and a second create never wins
+
+
+async def test_an_earlier_versions_archive_in_events_is_replayed_first(nats_settings):
+    """Earlier versions archived in EVENTS: a replay reads what is left there, then
+    EVENTS_ARCHIVE, in time order; a checkpoint taken in the first part resumes there."""
+    conn = await connected(nats_settings)
+    try:
+        await ensure_consumer(conn.js, "p", 0, 30)
+        old = [OutMessage(legacy_archive_subject("web"), wire(f"old{i}", "u1"), f"old{i}/a", 60)
+               for i in range(10)]  # fmt: skip
+        await Publisher(conn.nc).publish(old)
+        new = [archive_copy("web", wire(f"new{i}", "u1"), f"new{i}", 60) for i in range(5)]
+        await Publisher(conn.nc).publish(new)
+        store, state, revision = await new_replay(conn)
+        done = await Replay(conn.nc, state, pipeline(1), store=store, revision=revision).run()
+        assert (done.read, done.published, done.stream) == (15, 15, ARCHIVE_STREAM)
+        copies = [await conn.js.get_msg(STREAM, seq) for seq in range(11, 26)]  # after the old
+        assert {c.subject for c in copies} == {"events.v1.p.0"}
+        replayed = [decode_event(c.data) for c in copies]
+        assert [e["messageId"] for e in replayed] == [f"old{i}" for i in range(10)] + [
+            f"new{i}" for i in range(5)
+        ]
+        # A replay checkpointed by an earlier version, half way through the old archive.
+        resumed = ReplayState(id="old", source="web", pipeline="p", since=0, next_seq=6)
+        assert (await Replay(conn.nc, resumed, pipeline(1)).run()).read == 5 + 5
+    finally:
+        await conn.close()

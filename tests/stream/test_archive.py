@@ -1,5 +1,6 @@
-"""Sources' archives in EVENTS, on a real nats-server: in the same atomic batch as the pipeline
-copies, expiring by their own TTL, untouched by pruning and purges, counted apart."""
+"""Sources' archives, on a real nats-server: in EVENTS_ARCHIVE, stored beside the pipelines'
+copies, expiring by their own TTL, untouched by pruning and purges, counted apart; what an
+earlier version archived in EVENTS still counted; the archive's stream put back when lost."""
 
 from __future__ import annotations
 
@@ -8,40 +9,58 @@ import asyncio
 from nats.js.api import RetentionPolicy, StreamConfig
 
 from fixtures.nats_servers import connected
-from krenalis.stream.archive import archive_copy, archive_possible, archive_spans, stream_counts
+from krenalis.stream.archive import archive_copy, archive_spans, stream_counts
 from krenalis.stream.consumer import PipelineConsumer
-from krenalis.stream.layout import STREAM, archive_subject, consumer_name, remove_pipeline, subject
+from krenalis.stream.layout import (
+    ARCHIVE_STREAM,
+    STREAM,
+    archive_subject,
+    consumer_name,
+    legacy_archive_subject,
+    remove_pipeline,
+    restore_if_lost,
+    subject,
+)
 from krenalis.stream.pruning import Pruner
-from krenalis.stream.publisher import Publisher, copy_for
+from krenalis.stream.publisher import OutMessage, Publisher, copy_for
 
 
-def request(count: int, ttl: float = 3600, first: int = 0) -> list:
+def request(count: int, ttl: float = 3600, first: int = 0) -> tuple[list, list]:
     """A request's copies as the collector makes them: each event's pipeline copy (pipeline
-    "p"), then its archive copy."""
-    copies = []
+    "p"), and its archive copy."""
+    copies, archived = [], []
     for i in range(first, first + count):
         data = f'{{"messageId": "m{i}"}}'.encode()
-        copies += [copy_for("p", 0, data, f"m{i}"), archive_copy("web", data, f"m{i}", ttl)]
-    return copies
+        copies.append(copy_for("p", 0, data, f"m{i}"))
+        archived.append(archive_copy("web", data, f"m{i}", ttl))
+    return copies, archived
 
 
-async def test_archive_copies_go_in_the_request_s_atomic_batch_with_their_ttl(nats_settings):
+async def store(conn, count: int, ttl: float = 3600, first: int = 0) -> list:
+    """Store a request's copies as the collector does: two publishers, at once; the archive
+    copies' acks."""
+    copies, archived = request(count, ttl, first)
+    _, acks = await asyncio.gather(
+        Publisher(conn.nc).publish(copies), Publisher(conn.nc).publish(archived)
+    )
+    return acks
+
+
+async def test_archive_copies_go_to_their_own_stream_with_their_ttl(nats_settings):
     conn = await connected(nats_settings, "p")
     try:
-        acks = await Publisher(conn.nc).publish(request(30))  # 60 copies: one atomic batch
+        acks = await store(conn, 30)  # 30 copies each: an atomic batch in each stream
+        assert {a.stream for a in acks} == {ARCHIVE_STREAM}
         assert await stream_counts(conn.js) == (30, 30)
-        archived = await conn.js.get_msg(STREAM, acks[1].seq)
-        assert archived.subject == archive_subject("web") == "events.v1._archive.web"
+        archived = await conn.js.get_msg(ARCHIVE_STREAM, acks[0].seq)
+        assert archived.subject == archive_subject("web") == "archive.v1.web"
         headers = archived.headers or {}
         assert headers["Nats-TTL"] == "3600"
         assert headers["Nats-Msg-Id"] == "m0/_archive.web"
-        batch = (await conn.js.get_msg(STREAM, acks[0].seq)).headers["Nats-Batch-Id"]
-        assert headers["Nats-Batch-Id"] == batch  # the same batch: one fsync for both
-        assert (
-            headers.get("Nats-TTL")
-            and "Nats-TTL" not in (await conn.js.get_msg(STREAM, acks[0].seq)).headers
-        )  # pipeline copies never expire by themselves
-        again = await Publisher(conn.nc).publish(request(30))  # a client's retry
+        assert "Nats-Batch-Id" in headers  # one fsync for the request's archive copies
+        piped = await conn.js.get_msg(STREAM, 1)
+        assert "Nats-TTL" not in (piped.headers or {})  # pipeline copies never expire
+        again = await store(conn, 30)  # a client's retry
         assert all(a.duplicate for a in again) and await stream_counts(conn.js) == (30, 30)
     finally:
         await conn.close()
@@ -50,7 +69,7 @@ async def test_archive_copies_go_in_the_request_s_atomic_batch_with_their_ttl(na
 async def test_archive_copies_expire_and_pipeline_copies_stay(nats_settings):
     conn = await connected(nats_settings, "p")
     try:
-        await Publisher(conn.nc).publish(request(5, ttl=1))
+        await store(conn, 5, ttl=1)
         assert await stream_counts(conn.js) == (5, 5)
         for _ in range(50):
             if await stream_counts(conn.js) == (5, 0):
@@ -64,7 +83,7 @@ async def test_archive_copies_expire_and_pipeline_copies_stay(nats_settings):
 async def test_pruning_and_removing_a_pipeline_leave_the_archive(nats_settings):
     conn = await connected(nats_settings, "p")
     try:
-        await Publisher(conn.nc).publish(request(20))
+        await store(conn, 20)
         consumer = PipelineConsumer(conn.js, "p", 0, ack_wait=30)
         await consumer.start(create=False)
         deliveries = await consumer.fetch(20, timeout=2)
@@ -76,7 +95,7 @@ async def test_pruning_and_removing_a_pipeline_leave_the_archive(nats_settings):
         await Pruner(conn.js, consumer_name("p"), subject("p")).prune()
         assert await stream_counts(conn.js) == (0, 20)  # processed copies gone, archive kept
         await consumer.close()
-        await Publisher(conn.nc).publish(request(3, first=20))
+        await store(conn, 3, first=20)
         assert await stream_counts(conn.js) == (3, 23)
         assert await remove_pipeline(conn.js, "p") == 3
         assert await stream_counts(conn.js) == (0, 23)
@@ -103,18 +122,49 @@ async def test_archive_spans_per_source(nats_settings):
         await conn.close()
 
 
-async def test_a_workqueue_stream_keeps_no_archive(nats_settings, nc):
+def legacy_copy(source: str, data: bytes, message_id: str) -> OutMessage:
+    """An archive copy as an earlier version stored it: in EVENTS."""
+    return OutMessage(legacy_archive_subject(source), data, f"{message_id}/_archive.{source}", 60)
+
+
+async def test_an_earlier_versions_archive_in_events_is_counted_with_the_new_one(nats_settings):
+    conn = await connected(nats_settings, "p")
+    try:
+        await Publisher(conn.nc).publish([legacy_copy("web", b"{}", f"old{i}") for i in range(7)])
+        await asyncio.sleep(0.01)  # the new copies come later
+        await store(conn, 3)
+        assert await stream_counts(conn.js) == (3, 10)  # pipeline copies, archive copies
+        spans = await archive_spans(conn.js)
+        old = await conn.js.get_msg(STREAM, 1)
+        new = await conn.js.get_last_msg(ARCHIVE_STREAM, archive_subject("web"))
+        assert spans["web"].messages == 10
+        assert (spans["web"].first, spans["web"].last) == (old.time, new.time)
+    finally:
+        await conn.close()
+
+
+async def test_a_workqueue_events_stream_still_gets_an_archive(nats_settings, nc):
     await nc.jetstream().add_stream(
         StreamConfig(name=STREAM, subjects=["events.v1.>"], retention=RetentionPolicy.WORK_QUEUE)
     )
     conn = await connected(nats_settings)  # keeps the retention NATS cannot change
     try:
-        assert not await archive_possible(conn.js)
+        assert (await conn.js.stream_info(STREAM)).config.retention == RetentionPolicy.WORK_QUEUE
+        archive = await conn.js.stream_info(ARCHIVE_STREAM)
+        assert archive.config.retention == RetentionPolicy.LIMITS
+        await Publisher(conn.nc).publish([archive_copy("web", b"{}", "m1", 60)])
+        assert (await archive_spans(conn.js))["web"].messages == 1
     finally:
         await conn.close()
-    await nc.jetstream().delete_stream(STREAM)
-    conn = await connected(nats_settings)  # a new stream: limits retention
+
+
+async def test_a_lost_archive_stream_is_put_back(nats_settings):
+    conn = await connected(nats_settings, "p")
     try:
-        assert await archive_possible(conn.js)
+        assert not await restore_if_lost(conn.js, nats_settings, {"p": 1})
+        await conn.js.delete_stream(ARCHIVE_STREAM)  # by hand, or a memory server's restart
+        assert await restore_if_lost(conn.js, nats_settings, {"p": 1})
+        await store(conn, 2)
+        assert await stream_counts(conn.js) == (2, 2)
     finally:
         await conn.close()

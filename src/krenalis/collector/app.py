@@ -13,13 +13,14 @@ Plus GET /health and CORS preflight on every path (see :mod:`krenalis.collector.
 so that the public ingestion port does not show traffic and pipeline names to anyone.
 
 A 200 means every copy of every valid event (one per pipeline that takes it, one for its
-source's archive: see :mod:`krenalis.collector.copies`) is stored in the EVENTS stream. Invalid
+source's archive: see :mod:`krenalis.collector.copies`) is stored, in EVENTS and EVENTS_ARCHIVE. Invalid
 events inside a valid request are listed in the answer, not stored. While someone runs
 `krenalis tail`, each request is also told to it (:mod:`krenalis.collector.tail`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -94,14 +95,15 @@ class Collector:
         self.conn = conn
         #: Requests publishing now, by the workspace revision that routed them.
         self._in_flight: Counter[int] = Counter()
-        self.publisher = Publisher(
-            conn.nc,
-            alive=lambda: conn.down_for() < 1.0,
-        )
+
+        def alive() -> bool:
+            return conn.down_for() < 1.0
+
+        self.publisher = Publisher(conn.nc, alive=alive)
+        # Its own atomic batches, stored by the server beside EVENTS', not after them.
+        self.archive_publisher = Publisher(conn.nc, alive=alive)
         self.settings = conn.settings
         self.tail = CollectorTail()
-        #: False on a WorkQueue EVENTS stream (see krenalis.stream.archive.archive_possible).
-        self.archive = True
         self.set_workspace(workspace, revision)
 
     def set_workspace(self, workspace: Workspace, revision: int = 0) -> None:
@@ -263,9 +265,8 @@ class Collector:
         revision = self.revision  # the router below is this revision's: no await in between
         self._in_flight[revision] += 1
         try:
-            copies = make_copies(self.router, source, events, tailing, self.archive)
-            if copies.messages:
-                await self.publisher.publish(copies.messages)
+            copies = make_copies(self.router, source, events, tailing)
+            await self._publish_copies(copies)
         except PublishError as exc:
             log.warning("Events not stored; answering 503.", extra={"error": str(exc)})
             raise _unavailable(str(exc)) from None
@@ -275,6 +276,25 @@ class Collector:
             metrics.PUBLISHED.labels(pipeline).inc(count)
         self._report_filtered()
         return copies
+
+    async def _publish_copies(self, copies: Copies) -> None:
+        """Store the pipelines' copies and the archive's, at once; raise if either failed."""
+        if not copies.archived:
+            if copies.messages:
+                await self.publisher.publish(copies.messages)
+            return
+        if not copies.messages:
+            await self.archive_publisher.publish(copies.archived)
+            return
+        # Both run to their end, even when one fails: the answer waits for every copy's fate.
+        results = await asyncio.gather(
+            self.publisher.publish(copies.messages),
+            self.archive_publisher.publish(copies.archived),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     def _report_filtered(self) -> None:
         """Move the router's filtered-out counts into the Prometheus counter."""

@@ -1,8 +1,9 @@
 """A request's copies: one per pipeline that takes each event, and one for its source's archive.
 
-All of a request's copies are published together (:class:`krenalis.stream.publisher.Publisher`):
-as one atomic batch when there are enough of them on a server that fsyncs every write, so the
-archive copy costs no fsync of its own there (bench/RESULTS.md, "Archive").
+The pipelines' copies go to EVENTS and the archive's to EVENTS_ARCHIVE, each through its own
+:class:`krenalis.stream.publisher.Publisher` (atomic batches are per stream), at the same time:
+the server stores into each stream in series, so two streams take them in parallel
+(bench/MEASURED.md, "The archive in a stream of its own").
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ __all__ = ["Copies", "make_copies"]
 class Copies:
     """What a request stores."""
 
+    #: The pipelines' copies, for EVENTS.
     messages: list[OutMessage] = field(default_factory=list)
+    #: The archive's, for EVENTS_ARCHIVE.
+    archived: list[OutMessage] = field(default_factory=list)
     #: Pipeline id -> its copies (the archive's are not counted).
     per_pipeline: dict[str, int] = field(default_factory=dict)
     #: For a tail: each event's stream bytes and the pipelines that take it; None when
@@ -35,14 +39,13 @@ class Copies:
         return sum(self.per_pipeline.values())
 
 
-def make_copies(
-    router: Router, source: Source, events: list[dict], for_tail: bool, archive_on: bool = True
-) -> Copies:
+def make_copies(router: Router, source: Source, events: list[dict], for_tail: bool) -> Copies:
     """Route each event; an event no pipeline takes still gets its archive copy (a pipeline
-    created later may backfill it). `archive_on` False: no archive copy at all."""
+    created later may backfill it) unless its source keeps no archive."""
     copies = Copies(routed=[] if for_tail else None)
-    messages, per_pipeline, routed = copies.messages, copies.per_pipeline, copies.routed
-    archive = archive_target(source.id, source.archive) if archive_on and source.archive else None
+    messages, archived = copies.messages, copies.archived
+    per_pipeline, routed = copies.per_pipeline, copies.routed
+    archive = archive_target(source.id, source.archive) if source.archive else None
     for event in events:
         targets = router.route(source.id, event)
         if not targets and archive is None and routed is None:
@@ -55,7 +58,7 @@ def make_copies(
             per_pipeline[pipeline] = per_pipeline.get(pipeline, 0) + 1
         if archive is not None:
             archive_subject, suffix, ttl = archive
-            messages.append(OutMessage(archive_subject, data, safe + suffix, ttl))
+            archived.append(OutMessage(archive_subject, data, safe + suffix, ttl))
         if routed is not None:
             routed.append((data, [pipeline for pipeline, _ in targets]))
     return copies

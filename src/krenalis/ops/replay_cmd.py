@@ -24,9 +24,8 @@ from krenalis.pipelines.filters import Filter
 from krenalis.replay.engine import Progress as ReplayProgress
 from krenalis.replay.engine import Replay
 from krenalis.replay.state import LEASE, ReplayState, ReplayStore, owner, stalled
-from krenalis.stream.archive import archive_possible
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.layout import STREAM, list_pipeline_consumers
+from krenalis.stream.layout import list_pipeline_consumers
 from krenalis.workspace.model import Pipeline, Workspace
 
 __all__ = ["parse_time", "replay"]
@@ -81,9 +80,6 @@ def parse_time(value: str, option: str) -> float:
 async def _replay(
     conn: NatsConnection, settings: Settings, args: argparse.Namespace
 ) -> ReplayState:
-    if not await archive_possible(conn.js):
-        raise CommandError(f"{STREAM} has WorkQueue retention (made by Krenalis's Go "
-                           "implementation or an earlier version): it keeps no archive")  # fmt: skip
     workspace = await stored_workspace(conn.js, settings)
     store = await ReplayStore(conn.js, settings).open()
     if args.resume:

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from krenalis.ops._common import human_bytes
-from krenalis.stream.layout import STREAM
+from krenalis.stream.layout import ARCHIVE_STREAM, STREAM
 
 __all__ = ["render"]
 
@@ -29,7 +29,7 @@ def render(snapshot: dict[str, Any]) -> Group:
         replicas = stream["replicas"]
         leader = f", leader {stream['leader']}" if stream["leader"] else ""
         headline = (
-            f"{STREAM}: {stream['messages']:,} messages ({stream['pipeline_copies']:,} for "
+            f"{STREAM} and {ARCHIVE_STREAM}: {stream['messages']:,} messages ({stream['pipeline_copies']:,} for "
             f"pipelines, {stream['archive_copies']:,} archived), {human_bytes(stream['bytes'])}, "
             f"{replicas} replica{'s' if replicas != 1 else ''}, {stream['storage']} storage{leader}"
         )

@@ -24,9 +24,9 @@ from krenalis.errors import InvalidEvent
 from krenalis.events import decode_event, user_key
 from krenalis.pipelines.filters import Filter
 from krenalis.pipelines.routing import admission, shard_of
-from krenalis.replay.reader import ArchivedEvent, ArchiveReader
+from krenalis.replay.reader import ArchivedEvent, ArchiveReader, legacy_copies
 from krenalis.replay.state import ReplayState, ReplayStore
-from krenalis.stream.layout import subject
+from krenalis.stream.layout import ARCHIVE_STREAM, subject
 from krenalis.stream.publisher import OutMessage, Publisher, message_id
 from krenalis.workspace.model import Pipeline
 
@@ -90,10 +90,31 @@ class Replay:
         self._last_checkpoint = time.monotonic()
 
     async def run(self) -> ReplayState:
-        """Read, filter, publish until the end; the state as last recorded (`done`)."""
+        """Read, filter, publish until the end; the state as last recorded (`done`). What an
+        earlier version archived in EVENTS is read first (it is older), then EVENTS_ARCHIVE."""
+        state = self.state
+        js = self.nc.jetstream()
+        if state.stream != ARCHIVE_STREAM and not await legacy_copies(js, state.source):
+            self._next_part()
+        while True:
+            next_seq = await self._read_part()
+            if state.stream == ARCHIVE_STREAM:
+                break
+            await self._flush(next_seq)  # the checkpoint counts in this stream's sequences
+            self._next_part()
+        state.done = True
+        await self._flush(next_seq)
+        return state
+
+    def _next_part(self) -> None:
+        state = self.state
+        state.stream, state.next_seq, state.end_seq = ARCHIVE_STREAM, 0, 0
+
+    async def _read_part(self) -> int:
+        """Read the archive in `state.stream` to its end; the sequence to read on from."""
         state = self.state
         reader = ArchiveReader(
-            self.nc.jetstream(), state.source, since=_time(state.since),
+            self.nc.jetstream(), state.source, stream=state.stream, since=_time(state.since),
             until=_time(state.until) if state.until is not None else None,
             start_seq=state.next_seq, end_seq=state.end_seq,
         )  # fmt: skip
@@ -110,9 +131,7 @@ class Replay:
                     await self._flush(item.seq + 1)
         finally:
             await reader.close()
-        state.done = True
-        await self._flush(max(reader.last_seq + 1, state.next_seq))
-        return state
+        return max(reader.last_seq + 1, state.next_seq)
 
     def _take(self, item: ArchivedEvent) -> None:
         self.state.read += 1

@@ -5,6 +5,9 @@ itself when it misses a message (a reconnection, a server restart), from the seq
 the last one it delivered: what it delivers comes in stream order, once, and nothing of the
 archive is acked or removed by reading it. The reader stops at the stream's last sequence at
 the start (events arriving meanwhile are routed live) or at the `until` time.
+
+A reader reads one stream: EVENTS_ARCHIVE, or EVENTS for what an earlier version archived there
+(:func:`legacy_copies` says whether any is left; the replay reads it first).
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from krenalis.stream.layout import STREAM, archive_subject
+from krenalis.stream.layout import (
+    ARCHIVE_STREAM,
+    STREAM,
+    archive_subject,
+    legacy_archive_subject,
+)
 
-__all__ = ["ArchivedEvent", "ArchiveReader"]
+__all__ = ["ArchivedEvent", "ArchiveReader", "legacy_copies"]
 
 #: Seconds without a message before the reader looks whether the archive has more.
 IDLE = 2.0
@@ -36,23 +44,39 @@ class ArchivedEvent:
     data: bytes
 
 
+async def legacy_copies(js: JetStreamContext, source: str) -> int:
+    """The copies of the source's archive an earlier version left in EVENTS."""
+    subject = legacy_archive_subject(source)
+    try:
+        info = await js.stream_info(STREAM, subjects_filter=subject)
+    except NotFoundError:
+        return 0
+    return (info.state.subjects or {}).get(subject, 0)
+
+
 class ArchiveReader:
-    """The archive of ``source`` from ``start_seq`` (if above 0) or ``since``, to ``end_seq``
-    and ``until``. ``total`` is known once :meth:`open` returned: the copies it will read at
-    most (fewer with ``until``)."""
+    """The archive of ``source`` in ``stream`` from ``start_seq`` (if above 0) or ``since``,
+    to ``end_seq`` and ``until``. ``total`` is known once :meth:`open` returned: the copies it
+    will read at most (fewer with ``until``)."""
 
     def __init__(
         self,
         js: JetStreamContext,
         source: str,
         *,
+        stream: str = ARCHIVE_STREAM,
         since: datetime,
         until: datetime | None = None,
         start_seq: int = 0,
         end_seq: int = 0,
     ) -> None:
         self.js = js
-        self.subject = archive_subject(source)
+        self.stream = stream
+        self.subject = (
+            archive_subject(source)
+            if stream == ARCHIVE_STREAM
+            else (legacy_archive_subject(source))
+        )
         self.since = since
         self.until = until
         self.start_seq = start_seq
@@ -63,14 +87,14 @@ class ArchiveReader:
 
     async def open(self) -> None:
         if not self.end_seq:
-            self.end_seq = (await self.js.stream_info(STREAM)).state.last_seq
+            self.end_seq = (await self.js.stream_info(self.stream)).state.last_seq
         config = ConsumerConfig(opt_start_seq=self.start_seq or None)
         policy = DeliverPolicy.BY_START_SEQUENCE
         if not self.start_seq:
             config.opt_start_time = self.since.astimezone(UTC).isoformat()
             policy = DeliverPolicy.BY_START_TIME
         self._sub = await self.js.subscribe(
-            self.subject, stream=STREAM, ordered_consumer=True, deliver_policy=policy,
+            self.subject, stream=self.stream, ordered_consumer=True, deliver_policy=policy,
             config=config, pending_msgs_limit=20_000,
         )  # fmt: skip
         info = await self._sub.consumer_info()
@@ -108,7 +132,7 @@ class ArchiveReader:
         have expired since the consumer counted them)."""
         try:
             following = await self.js.get_msg(
-                STREAM, seq=self.last_seq + 1, subject=self.subject, next=True
+                self.stream, seq=self.last_seq + 1, subject=self.subject, next=True
             )
         except NotFoundError:
             return True

@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 
 from krenalis.config import Settings
 from krenalis.errors import ReplayTaken
+from krenalis.stream.layout import STREAM
 
 __all__ = ["BUCKET", "LEASE", "ReplayState", "ReplayStore", "ReplayTaken", "owner", "stalled"]
 
@@ -51,7 +52,12 @@ class ReplayState(msgspec.Struct, kw_only=True):
     until: float | None = None
     #: The extra filter as given (YAML or JSON), None for none.
     filter: str | None = None
-    #: The stream's last sequence when the replay began: later copies are not replayed.
+    #: The stream of the archive being read, which `end_seq` and `next_seq` count in: EVENTS
+    #: for the copies an earlier version archived there, read first (skipped when there are
+    #: none; a record of an earlier version is always there), then EVENTS_ARCHIVE.
+    stream: str = STREAM
+    #: The stream's last sequence when the replay began reading it: later copies are not
+    #: replayed (events arriving meanwhile are routed live).
     end_seq: int = 0
     #: The archive sequence to read on from (everything before it is published); 0: from `since`.
     next_seq: int = 0

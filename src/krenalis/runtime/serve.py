@@ -33,7 +33,6 @@ from krenalis.runtime.memory import settle_garbage_collector
 from krenalis.runtime.service import register
 from krenalis.runtime.stream import StreamRuntime
 from krenalis.sinks.warehouse import EmbeddedPostgres, init_db
-from krenalis.stream.archive import archive_possible
 from krenalis.stream.connection import NatsConnection
 from krenalis.stream.layout import restore_if_lost
 from krenalis.stream.tail import TailInterest
@@ -254,10 +253,6 @@ class _Process:
 
     async def _start_collector(self, conn, workspace: Workspace, revision: Revision) -> None:
         self.collector = Collector(conn, workspace, revision.number)
-        self.collector.archive = await archive_possible(conn.js)
-        if not self.collector.archive:
-            log.warning("EVENTS has WorkQueue retention: no archive is kept (replays and "
-                        "backfills need a limits stream).")  # fmt: skip
         await self.collector.tail.start(conn.nc)
         sock = listening_socket(self.settings.http_host, self.settings.http_port)
         self.http = HTTPServer(

@@ -11,10 +11,13 @@
 - One subject and one durable pull consumer per pipeline and shard:
   `events.v1.<pipeline>.<shard>` consumed by `EVENTS_<pipeline>_<shard>`; exactly one consumer
   per subject (WorkQueue streams enforce it; the pruning relies on it).
-- Each source's archive, a copy of every event it sent, is in EVENTS too, under
-  `events.v1._archive.<source>` (no pipeline id starts with "_"), each copy expiring by its
-  own TTL (`Nats-TTL`, hence `allow_msg_ttl`): see `archive.py`. No consumer of a pipeline
-  reads it, and nothing that purges a pipeline's subjects touches it.
+- Each source's archive, a copy of every event it sent, is in a stream of its own,
+  `EVENTS_ARCHIVE` (subjects `archive.v1.<source>`, limits retention), each copy expiring by
+  its own TTL (`Nats-TTL`, hence `allow_msg_ttl`): see `archive.py`. The server stores into
+  each stream in series, so two streams take a request's copies in parallel. Earlier versions
+  kept the archive in EVENTS, under `events.v1._archive.<source>`: what is left there is read
+  until its TTL ends (no pipeline id starts with "_", so no pipeline's subject, consumer or
+  purge ever touches it).
 - Dead letters live in their own stream, `EVENTS_DLQ` (subjects `dlq.v1.>`, limits retention).
 """
 
@@ -45,8 +48,11 @@ from krenalis.config import Settings
 
 __all__ = [
     "ARCHIVE_PREFIX",
+    "ARCHIVE_STREAM",
     "DLQ_STREAM",
+    "LEGACY_ARCHIVE_PREFIX",
     "STREAM",
+    "archive_stream_config",
     "archive_subject",
     "consumer_name",
     "dlq_stream_config",
@@ -54,6 +60,7 @@ __all__ = [
     "ensure_pipelines",
     "ensure_stream",
     "ensure_streams",
+    "legacy_archive_subject",
     "list_pipeline_consumers",
     "remove_pipeline",
     "restore_if_lost",
@@ -65,8 +72,11 @@ log = logging.getLogger("krenalis.stream")
 
 STREAM = "EVENTS"
 SUBJECT_PREFIX = "events.v1"
-#: Where sources' archives are: `events.v1._archive.<source>`.
-ARCHIVE_PREFIX = f"{SUBJECT_PREFIX}._archive"
+ARCHIVE_STREAM = "EVENTS_ARCHIVE"
+#: Where sources' archives are: `archive.v1.<source>`, in ARCHIVE_STREAM.
+ARCHIVE_PREFIX = "archive.v1"
+#: Where earlier versions kept them, in EVENTS: `events.v1._archive.<source>`.
+LEGACY_ARCHIVE_PREFIX = f"{SUBJECT_PREFIX}._archive"
 DLQ_STREAM = "EVENTS_DLQ"
 DLQ_PREFIX = "dlq.v1"
 #: Dead letters are kept this long (Jitsu keeps 7 days; we keep 30).
@@ -81,6 +91,10 @@ def subject(pipeline: str, shard: int = 0) -> str:
 
 def archive_subject(source: str) -> str:
     return f"{ARCHIVE_PREFIX}.{source}"
+
+
+def legacy_archive_subject(source: str) -> str:
+    return f"{LEGACY_ARCHIVE_PREFIX}.{source}"
 
 
 def consumer_name(pipeline: str, shard: int = 0) -> str:
@@ -104,8 +118,21 @@ def stream_config(settings: Settings) -> StreamConfig:
         duplicate_window=settings.nats_duplicate_window,
         # Atomic batch publish (nats-server 2.12+): one fsync per request's copies.
         allow_atomic=True,
-        # Archive copies expire by their own Nats-TTL (2.11+; once on, it cannot be turned off).
+        # Archive copies of earlier versions expire by their own Nats-TTL (2.11+; once on, it
+        # cannot be turned off).
         allow_msg_ttl=True,
+    )
+
+
+def archive_stream_config(settings: Settings) -> StreamConfig:
+    """The archives' stream: EVENTS' storage and durability, each copy kept until its TTL."""
+    return dataclasses.replace(
+        stream_config(settings),
+        name=ARCHIVE_STREAM,
+        subjects=[f"{ARCHIVE_PREFIX}.>"],
+        # Nothing reads it by consuming: an operator's size limit, if any, drops the oldest
+        # copies rather than refusing events.
+        discard=DiscardPolicy.OLD,
     )
 
 
@@ -121,8 +148,10 @@ def dlq_stream_config(settings: Settings) -> StreamConfig:
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update EVENTS and EVENTS_DLQ, waiting as long as JetStream is unavailable."""
+    """Create or update EVENTS, EVENTS_ARCHIVE and EVENTS_DLQ, waiting as long as JetStream
+    is unavailable."""
     await ensure_stream(js, stream_config(settings))
+    await ensure_stream(js, archive_stream_config(settings))
     await ensure_stream(js, dlq_stream_config(settings))
 
 
@@ -265,8 +294,9 @@ async def ensure_pipelines(
 async def restore_if_lost(
     js: JetStreamContext, settings: Settings, shards: Mapping[str, int]
 ) -> bool:
-    """Put EVENTS, EVENTS_DLQ and the pipelines' consumers back if the server lost them (a
-    memory-storage server that restarted, a stream deleted by hand); True if it had to."""
+    """Put EVENTS, EVENTS_ARCHIVE, EVENTS_DLQ and the pipelines' consumers back if the server
+    lost them (a memory-storage server that restarted, a stream deleted by hand); True if it
+    had to."""
     if not await _stream_missing(js):
         return False
     await ensure_streams(js, settings)
@@ -279,14 +309,16 @@ async def restore_if_lost(
 
 
 async def _stream_missing(js: JetStreamContext, patience: float = 60.0) -> bool:
-    """Whether EVENTS is gone, once JetStream answers (it may still be starting); False if it
-    does not answer within `patience` (the next reconnection asks again)."""
+    """Whether EVENTS or EVENTS_ARCHIVE is gone, once JetStream answers (it may still be
+    starting); False if it does not answer within `patience` (the next reconnection asks
+    again)."""
     backoff = Backoff(base=0.2, cap=5.0)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(patience):
             while True:
                 try:
                     await js.stream_info(STREAM)
+                    await js.stream_info(ARCHIVE_STREAM)
                     return False
                 except NotFoundError:
                     return True
