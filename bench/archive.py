@@ -73,7 +73,7 @@ def _ingest(
         if watcher is not None:
             watcher.stop()
         stack.stop()
-        asyncio.run(_purge(nats.urls, "EVENTS"))
+        asyncio.run(_purge(nats.urls, "EVENTS", "EVENTS_ARCHIVE"))
 
 
 def _cpu(proc: procs.Proc | None) -> float:
@@ -104,7 +104,7 @@ async def _disk(url: str, store: Path, events: int) -> tuple[float, float]:
     from krenalis.config import load_settings
     from krenalis.stream.archive import archive_copy
     from krenalis.stream.connection import NatsConnection
-    from krenalis.stream.layout import STREAM, ensure_streams
+    from krenalis.stream.layout import ARCHIVE_STREAM, ensure_streams
     from krenalis.stream.publisher import Publisher
 
     settings = load_settings({"KRENALIS_NATS_URL": url}, env_file=None)
@@ -112,14 +112,15 @@ async def _disk(url: str, store: Path, events: int) -> tuple[float, float]:
     await conn.connect(timeout=10)
     try:
         await ensure_streams(conn.js, settings)
-        await conn.js.purge_stream(STREAM)
-        before_bytes, before_disk = (await conn.js.stream_info(STREAM)).state.bytes, _du(store)
+        await conn.js.purge_stream(ARCHIVE_STREAM)
+        info = await conn.js.stream_info(ARCHIVE_STREAM)
+        before_bytes, before_disk = info.state.bytes, _du(store)
         publisher = Publisher(conn.nc)
         stored = payloads(events)
         for start in range(0, events, 100):
             chunk = stored[start : start + 100]
             await publisher.publish([archive_copy("web", d, m, 7 * 86400) for d, m in chunk])
-        after_bytes = (await conn.js.stream_info(STREAM)).state.bytes
+        after_bytes = (await conn.js.stream_info(ARCHIVE_STREAM)).state.bytes
         return (after_bytes - before_bytes) / events, (_du(store) - before_disk) / events
     finally:
         await conn.close()

@@ -352,7 +352,7 @@ class Runner:
                     rows.append(row)
                 finally:
                     stack.stop()
-                _run(_purge(nats.urls, "EVENTS"))
+                _run(_purge(nats.urls, "EVENTS", "EVENTS_ARCHIVE"))
             self.baseline(rows, nats.urls, ["p1"])
         finally:
             nats.stop()
@@ -640,13 +640,14 @@ async def _stream_info(urls: list[str], stream: str) -> dict:
         await nc.close()
 
 
-async def _purge(urls: list[str], stream: str) -> None:
+async def _purge(urls: list[str], *streams: str) -> None:
     import nats
 
     nc = await nats.connect(urls)
     try:
-        with contextlib.suppress(Exception):
-            await nc.jetstream().purge_stream(stream)
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                await nc.jetstream().purge_stream(stream)
     finally:
         await nc.close()
 
