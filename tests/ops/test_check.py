@@ -38,7 +38,7 @@ def test_healthy_server(
     code, out, err = _check(capsys)
     assert code == 0, err
     assert "nats-server 2." in out and "2.12 or newer" in out
-    assert "JetStream:   enabled for this account" in out
+    assert "JetStream:       enabled for this account" in out
     assert "not created yet; `krenalis serve` creates it" in out
     assert "none (a single server)" in out
     assert "ready for Krenalis" in out
@@ -60,6 +60,10 @@ def test_healthy_server(
     assert report["jetstream"]["enabled"] is True and report["jetstream"]["streams"] == 3
     assert report["stream"]["exists"] and report["stream"]["replicas"] == 1
     assert report["stream"]["storage"] == "file"
+    assert report["archive_stream"]["exists"] and report["archive_stream"]["replicas"] == 1
+    code, out, _ = _check(capsys)
+    assert "EVENTS:          1 replica, file storage" in out
+    assert "EVENTS_ARCHIVE:  1 replica, file storage" in out
 
 
 def test_stopped_server_is_reported_quickly(
@@ -116,7 +120,7 @@ def test_server_without_jetstream(
         code, out, err = _check(capsys)
         assert code == 1
         assert "JetStream is disabled on this server" in err and "jetstream {" in err
-        assert "JetStream:   DISABLED" in out
+        assert "JetStream:       DISABLED" in out
         code, out, _ = _check(capsys, "--json")
         report = json.loads(out)
         assert code == 1 and report["jetstream"] == {"enabled": False}

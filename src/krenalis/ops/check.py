@@ -1,7 +1,8 @@
 """`krenalis nats check`: can Krenalis use the configured NATS, and if not, why not.
 
 It connects with the same settings as `krenalis serve` and reports the server version, whether
-JetStream is enabled for the account, the cluster, and the EVENTS stream. A *problem* (exit 1)
+JetStream is enabled for the account, the cluster, and the EVENTS and EVENTS_ARCHIVE streams
+(a 200 needs both). A *problem* (exit 1)
 stops Krenalis from working; a *warning* does not, but deserves a look.
 """
 
@@ -21,7 +22,7 @@ from krenalis.errors import CommandError
 from krenalis.ops._common import CONNECT_TIMEOUT, connected, human_bytes, storage_of
 from krenalis.ops.keys import public_key_from_seed
 from krenalis.stream.connection import MIN_SERVER_VERSION, NatsConnection
-from krenalis.stream.layout import STREAM
+from krenalis.stream.layout import ARCHIVE_STREAM, STREAM
 
 __all__ = ["check", "collect"]
 
@@ -53,6 +54,7 @@ async def collect(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> dict[
         "server": None,
         "jetstream": None,
         "stream": None,
+        "archive_stream": None,
         "problems": [],
         "warnings": [],
     }
@@ -60,7 +62,8 @@ async def collect(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> dict[
         async with connected(settings, settings.nats_urls, timeout) as conn:
             report["server"] = _server(conn)
             if await _jetstream(conn, report):
-                await _stream(conn, settings, report)
+                report["stream"] = await _stream(conn, settings, report, STREAM)
+                report["archive_stream"] = await _stream(conn, settings, report, ARCHIVE_STREAM)
     except CommandError as exc:
         report["problems"].append(str(exc))
     _replicas(settings, report)
@@ -132,22 +135,37 @@ async def _jetstream(conn: NatsConnection, report: dict[str, Any]) -> bool:
     return True
 
 
-async def _stream(conn: NatsConnection, settings: Settings, report: dict[str, Any]) -> None:
+async def _stream(
+    conn: NatsConnection, settings: Settings, report: dict[str, Any], name: str
+) -> dict[str, Any] | None:
+    """The stream's state, its problems and warnings added to `report`; None if it did not
+    answer."""
     try:
-        info = await conn.js.stream_info(STREAM)
+        info = await conn.js.stream_info(name)
     except NotFoundError:
-        report["stream"] = {"name": STREAM, "exists": False}
-        return
+        return {"name": name, "exists": False}
     except (TimeoutError, nats.errors.TimeoutError):
         report["problems"].append(
-            f"the {STREAM} stream did not answer in time: its leader may be being elected "
+            f"the {name} stream did not answer in time: its leader may be being elected "
             "(a few seconds after a node is lost); retry"
         )
-        return
+        return None
     peers = (info.cluster.replicas or []) if info.cluster else []
     storage = storage_of(info.config)
-    report["stream"] = {
-        "name": STREAM,
+    if info.cluster is not None and not info.cluster.leader:
+        report["problems"].append(f"the {name} stream has no leader: too few replicas are up")
+    for peer in peers:
+        if peer.offline or not peer.current:
+            state = "offline" if peer.offline else "not current (catching up)"
+            report["warnings"].append(f"{name} replica on {peer.name} is {state}")
+    if storage != settings.nats_storage:
+        report["warnings"].append(
+            f"the {name} stream uses {storage} storage but KRENALIS_NATS_STORAGE is "
+            f"{settings.nats_storage}; a stream's storage cannot change: keep the setting, or "
+            "delete the stream once it is empty"
+        )
+    return {
+        "name": name,
         "exists": True,
         "replicas": info.config.num_replicas,
         "storage": storage,
@@ -158,23 +176,11 @@ async def _stream(conn: NatsConnection, settings: Settings, report: dict[str, An
         "messages": info.state.messages,
         "bytes": info.state.bytes,
     }
-    if info.cluster is not None and not info.cluster.leader:
-        report["problems"].append(f"the {STREAM} stream has no leader: too few replicas are up")
-    for peer in peers:
-        if peer.offline or not peer.current:
-            state = "offline" if peer.offline else "not current (catching up)"
-            report["warnings"].append(f"{STREAM} replica on {peer.name} is {state}")
-    if storage != settings.nats_storage:
-        report["warnings"].append(
-            f"the {STREAM} stream uses {storage} storage but KRENALIS_NATS_STORAGE is "
-            f"{settings.nats_storage}; a stream's storage cannot change: keep the setting, or "
-            "delete the stream once it is empty"
-        )
 
 
 def _replicas(settings: Settings, report: dict[str, Any]) -> None:
     wanted = settings.nats_replicas
-    server, stream = report["server"], report["stream"]
+    server = report["server"]
     if server is None:
         return
     if wanted > 1 and not server["cluster"]:
@@ -188,21 +194,22 @@ def _replicas(settings: Settings, report: dict[str, Any]) -> None:
             f"KRENALIS_NATS_REPLICAS={wanted} but only {len(server['cluster_urls'])} cluster "
             "servers are up"
         )
-    if stream and stream["exists"] and stream["replicas"] != wanted:
-        report["warnings"].append(
-            f"the {STREAM} stream has {stream['replicas']} replicas and "
-            f"KRENALIS_NATS_REPLICAS={wanted}: the next `krenalis serve` will change it"
-        )
+    for stream in (report["stream"], report["archive_stream"]):
+        if stream and stream["exists"] and stream["replicas"] != wanted:
+            report["warnings"].append(
+                f"the {stream['name']} stream has {stream['replicas']} replicas and "
+                f"KRENALIS_NATS_REPLICAS={wanted}: the next `krenalis serve` will change it"
+            )
 
 
 def _print_text(report: dict[str, Any]) -> None:
     for label, text in _lines(report):
-        print(f"{label + ':':<12} {text}")
+        print(f"{label + ':':<16} {text}")
     for warning in report["warnings"]:
-        print(f"{'Warning:':<12} {warning}")
+        print(f"{'Warning:':<16} {warning}")
     for problem in report["problems"]:
         print(f"krenalis: {problem}", file=sys.stderr)
-    print(f"{'Result:':<12} " + ("NATS is ready for Krenalis." if report["ok"] else "NOT READY."))
+    print(f"{'Result:':<16} " + ("NATS is ready for Krenalis." if report["ok"] else "NOT READY."))
 
 
 def _lines(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -241,9 +248,9 @@ def _lines(report: dict[str, Any]) -> list[tuple[str, str]]:
         else:
             text = "DISABLED"
         lines.append(("JetStream", text))
-    stream = report["stream"]
-    if stream is not None:
-        lines.append((STREAM, _stream_text(stream)))
+    for stream in (report["stream"], report["archive_stream"]):
+        if stream is not None:
+            lines.append((stream["name"], _stream_text(stream)))
     return lines
 
 
