@@ -12,8 +12,8 @@ Plus GET /health and CORS preflight on every path (see :mod:`krenalis.collector.
 /metrics is not here: :class:`MetricsApp` serves it on its own address (KRENALIS_METRICS_ADDR),
 so that the public ingestion port does not show traffic and pipeline names to anyone.
 
-A 200 means every copy of every valid event (one per pipeline that takes it, one for its
-source's archive: see :mod:`krenalis.collector.copies`) is stored, in EVENTS and EVENTS_ARCHIVE. Invalid
+A 200 means every copy of every valid event (one per pipeline that takes it in EVENTS, one for
+its source's archive in EVENTS_ARCHIVE: see :mod:`krenalis.collector.copies`) is stored. Invalid
 events inside a valid request are listed in the answer, not stored. While someone runs
 `krenalis tail`, each request is also told to it (:mod:`krenalis.collector.tail`).
 """

@@ -29,8 +29,9 @@ def render(snapshot: dict[str, Any]) -> Group:
         replicas = stream["replicas"]
         leader = f", leader {stream['leader']}" if stream["leader"] else ""
         headline = (
-            f"{STREAM} and {ARCHIVE_STREAM}: {stream['messages']:,} messages ({stream['pipeline_copies']:,} for "
-            f"pipelines, {stream['archive_copies']:,} archived), {human_bytes(stream['bytes'])}, "
+            f"{STREAM} and {ARCHIVE_STREAM}: {stream['messages']:,} messages "
+            f"({stream['pipeline_copies']:,} for pipelines, {stream['archive_copies']:,} "
+            f"archived), {human_bytes(stream['bytes'])}, "
             f"{replicas} replica{'s' if replicas != 1 else ''}, {stream['storage']} storage{leader}"
         )
     else:
