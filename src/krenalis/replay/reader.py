@@ -72,11 +72,8 @@ class ArchiveReader:
     ) -> None:
         self.js = js
         self.stream = stream
-        self.subject = (
-            archive_subject(source)
-            if stream == ARCHIVE_STREAM
-            else (legacy_archive_subject(source))
-        )
+        legacy = stream != ARCHIVE_STREAM
+        self.subject = legacy_archive_subject(source) if legacy else archive_subject(source)
         self.since = since
         self.until = until
         self.start_seq = start_seq
