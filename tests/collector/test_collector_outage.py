@@ -71,10 +71,7 @@ async def test_requests_in_flight_when_nats_dies(collector: CollectorHarness) ->
     The publisher's deadline is shortened here (production: 10 s) to keep the test quick.
     """
     deadline = 2.0
-    for name in ("publisher", "archive_publisher"):  # the pipelines' copies, the archive's
-        setattr(
-            collector.collector, name, Publisher(collector.conn.nc, timeout=1.0, deadline=deadline)
-        )
+    collector.collector.publisher = Publisher(collector.conn.nc, timeout=1.0, deadline=deadline)
     results: list[tuple[int, float, list[str]]] = []
     async with collector.client() as client:
 

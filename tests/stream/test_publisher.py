@@ -6,8 +6,9 @@ import asyncio
 import time
 
 from fixtures.nats_servers import connected
+from krenalis.stream.archive import archive_copy
 from krenalis.stream.connection import NatsConnection
-from krenalis.stream.layout import STREAM
+from krenalis.stream.layout import ARCHIVE_STREAM, STREAM
 from krenalis.stream.publisher import Publisher, copy_for, message_id
 
 
@@ -104,5 +105,43 @@ async def test_a_retried_request_in_a_group_costs_the_others_nothing(nats_settin
         assert [a.seq for a in answers[7]] == [a.seq for a in first]
         assert all(a.duplicate for a in answers[7])
         assert not any(a.duplicate for i, acks in enumerate(answers) if i != 7 for a in acks)
+    finally:
+        await conn.close()
+
+
+async def test_parts_go_to_their_streams_in_one_group_each_request_with_its_acks(nats_settings):
+    """The collector's two parts: the pipelines' copies for EVENTS, the archive's for
+    EVENTS_ARCHIVE. A group sends one atomic batch per part; a part refused (here a retried
+    archive copy) goes one by one while the other part's batch stands."""
+    conn = await connected(nats_settings, "p")
+    publisher = Publisher(conn.nc)
+
+    def request(r: int, archived: str | None = None) -> tuple[list, list]:
+        archive = [archive_copy("web", b"a", archived or f"q{r}-{i}", 60) for i in range(3)]
+        return copies(f"q{r}-{i}" for i in range(3)), archive
+
+    try:
+        first = await publisher.publish(*request(99))
+        assert [a.stream for a in first] == [STREAM] * 3 + [ARCHIVE_STREAM] * 3
+        requests = [request(r) for r in range(20)]
+        answers = await asyncio.gather(*(publisher.publish(*r) for r in requests))
+        batches = {STREAM: set(), ARCHIVE_STREAM: set()}
+        for (piped, archived), acks in zip(requests, answers, strict=True):
+            for copy, ack in zip(piped + archived, acks, strict=True):
+                msg = await conn.js.get_msg(ack.stream, ack.seq)
+                assert (msg.subject, msg.data) == (copy.subject, copy.data)
+                batches[ack.stream].add((msg.headers or {}).get("Nats-Batch-Id"))
+        assert all(None not in ids and len(ids) < 20 for ids in batches.values())  # grouped
+
+        later = [request(r) for r in range(20, 25)]
+        later.append(request(50, archived="q99-0"))  # its archive copies are stored already
+        answers = await asyncio.gather(*(publisher.publish(*r) for r in later))
+        assert [bool(a.duplicate) for a in answers[-1]] == [False] * 3 + [True] * 3
+        assert not any(a.duplicate for acks in answers[:-1] for a in acks)
+        piped, archived = answers[0][0], answers[0][-1]
+        assert "Nats-Batch-Id" in (await conn.js.get_msg(STREAM, piped.seq)).headers
+        assert "Nats-Batch-Id" not in (await conn.js.get_msg(ARCHIVE_STREAM, archived.seq)).headers
+        assert (await conn.js.stream_info(STREAM)).state.messages == 3 + 60 + 18
+        assert (await conn.js.stream_info(ARCHIVE_STREAM)).state.messages == 3 + 60 + 15
     finally:
         await conn.close()

@@ -20,7 +20,6 @@ events inside a valid request are listed in the answer, not stored. While someon
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -95,13 +94,10 @@ class Collector:
         self.conn = conn
         #: Requests publishing now, by the workspace revision that routed them.
         self._in_flight: Counter[int] = Counter()
-
-        def alive() -> bool:
-            return conn.down_for() < 1.0
-
-        self.publisher = Publisher(conn.nc, alive=alive)
-        # Its own atomic batches, stored by the server beside EVENTS', not after them.
-        self.archive_publisher = Publisher(conn.nc, alive=alive)
+        self.publisher = Publisher(
+            conn.nc,
+            alive=lambda: conn.down_for() < 1.0,
+        )
         self.settings = conn.settings
         self.tail = CollectorTail()
         self.set_workspace(workspace, revision)
@@ -266,7 +262,9 @@ class Collector:
         self._in_flight[revision] += 1
         try:
             copies = make_copies(self.router, source, events, tailing)
-            await self._publish_copies(copies)
+            if copies.messages or copies.archived:
+                # Two parts of one publish: their atomic batches go to the two streams at once.
+                await self.publisher.publish(copies.messages, copies.archived)
         except PublishError as exc:
             log.warning("Events not stored; answering 503.", extra={"error": str(exc)})
             raise _unavailable(str(exc)) from None
@@ -276,25 +274,6 @@ class Collector:
             metrics.PUBLISHED.labels(pipeline).inc(count)
         self._report_filtered()
         return copies
-
-    async def _publish_copies(self, copies: Copies) -> None:
-        """Store the pipelines' copies and the archive's, at once; raise if either failed."""
-        if not copies.archived:
-            if copies.messages:
-                await self.publisher.publish(copies.messages)
-            return
-        if not copies.messages:
-            await self.archive_publisher.publish(copies.archived)
-            return
-        # Both run to their end, even when one fails: the answer waits for every copy's fate.
-        results = await asyncio.gather(
-            self.publisher.publish(copies.messages),
-            self.archive_publisher.publish(copies.archived),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
 
     def _report_filtered(self) -> None:
         """Move the router's filtered-out counts into the Prometheus counter."""

@@ -1,9 +1,10 @@
 """A request's copies: one per pipeline that takes each event, and one for its source's archive.
 
-The pipelines' copies go to EVENTS and the archive's to EVENTS_ARCHIVE, each through its own
-:class:`krenalis.stream.publisher.Publisher` (atomic batches are per stream), at the same time:
-the server stores into each stream in series, so two streams take them in parallel
-(bench/MEASURED.md, "The archive in a stream of its own").
+The pipelines' copies go to EVENTS and the archive's to EVENTS_ARCHIVE, as two parts of one
+:meth:`krenalis.stream.publisher.Publisher.publish` (an atomic batch holds one stream's
+messages): each group of requests sends both streams their batch at the same time, and the
+server stores into each stream in series, so the two take them in parallel (bench/MEASURED.md,
+"The archive in a stream of its own").
 """
 
 from __future__ import annotations

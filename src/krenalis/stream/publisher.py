@@ -31,7 +31,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from krenalis.backoff import Backoff
 from krenalis.errors import PublishError
 from krenalis.stream.client import publish_many
-from krenalis.stream.layout import STREAM, subject
+from krenalis.stream.layout import subject
 
 __all__ = ["OutMessage", "Publisher", "copy_for", "header_safe", "message_id"]
 
@@ -41,11 +41,13 @@ log = logging.getLogger("krenalis.stream")
 MAX_IN_FLIGHT = 4096
 #: The server's limit of messages in one atomic batch.
 MAX_BATCH = 1000
-#: Fewer copies than this go one by one: an atomic batch saves fsyncs, but a stream commits
-#: only about 400 batches a second against about 5,000 copies one by one (measured:
-#: bench/RESULTS.md, section 4), so batches of under about 13 copies lose. 20: a request of
-#: 10 events has 20 copies with their archive's (bench/RESULTS.md, "Archive").
-MIN_ATOMIC = 20
+#: Fewer copies than this (in one stream) go one by one: an atomic batch saves fsyncs, but a
+#: stream commits only about 400 batches a second against about 5,000 copies one by one
+#: (measured: bench/RESULTS.md, section 4), so lone batches of under about 13 copies lose. 10:
+#: a request of 10 events has 10 copies for each stream, and under load a group of a single
+#: such request sent one by one cost serve a fifth of its rate (bench/MEASURED.md, "The
+#: archive in a stream of its own").
+MIN_ATOMIC = 10
 #: Batches of grouped requests in flight per publisher. While they are, the requests that come
 #: meanwhile wait and go together in the next one: a stream commits a few hundred batches a
 #: second whatever their size (bench/RESULTS.md, section 4), so under load a few large batches
@@ -203,36 +205,40 @@ class Publisher:
         self.deadline = deadline
         # False once NATS has been gone for a while: stop retrying and let the caller answer 503.
         self.alive = alive or (lambda: True)
-        # Group commit: requests waiting for the next batch, and the batches in flight.
-        self._waiting: deque[tuple[list[OutMessage], asyncio.Future[list[PubAck]]]] = deque()
+        # Group commit: requests waiting for the next group, and the groups in flight.
+        self._waiting: deque[_Request] = deque()
         self._group_slots = asyncio.Semaphore(GROUPS_IN_FLIGHT)
         self._grouping: asyncio.Task[None] | None = None
         self._groups: set[asyncio.Task[None]] = set()
 
-    async def publish(self, messages: list[OutMessage]) -> list[PubAck]:
-        """Store every message; raise PublishError if some are still unstored at the deadline.
+    async def publish(self, *parts: list[OutMessage]) -> list[PubAck]:
+        """Store every message of every part; their acks in order; raise PublishError if some
+        are still unstored at the deadline. Each part's messages go to one stream (an atomic
+        batch cannot span two): the collector's pipelines' copies, and its archive's.
 
         With `atomic`, the copies go as JetStream atomic batches first, with those of the
         requests published at the same time (see GROUPS_IN_FLIGHT; ADR-50: stored at once, one
         fsync and one PubAck per batch: 4x the throughput of a server with
-        `sync_interval: always`); a group of under MIN_ATOMIC copies goes one by one. A batch
-        is refused whole if one id is a duplicate (a client retrying a request), and may fail
-        during a leader election: then its messages go one by one, where each duplicate is
-        dropped alone and each failure is retried with the same id.
+        `sync_interval: always`): a group sends one batch per part, at once, so each stream
+        stores its own in parallel and a request waits for one group. A part of a group with
+        under MIN_ATOMIC copies goes one by one. A batch is refused whole if one id is a
+        duplicate (a client retrying a request), and may fail during a leader election: then
+        its messages go one by one, where each duplicate is dropped alone and each failure is
+        retried with the same id.
         """
         await self.inbox.start()
         if not self.atomic:
-            return await self._one_by_one(messages)
-        if len(messages) <= MAX_BATCH:
-            return await self._grouped(messages)
-        chunks = [messages[i : i + MAX_BATCH] for i in range(0, len(messages), MAX_BATCH)]
-        results = await asyncio.gather(*(self._grouped(c) for c in chunks))
+            return await self._one_by_one([m for part in parts for m in part])
+        if sum(map(len, parts)) <= MAX_BATCH:
+            return await self._grouped(parts)
+        chunks = [part[i : i + MAX_BATCH] for part in parts for i in range(0, len(part), MAX_BATCH)]
+        results = await asyncio.gather(*(self._grouped((chunk,)) for chunk in chunks))
         return [ack for acks in results for ack in acks]
 
-    async def _grouped(self, messages: list[OutMessage]) -> list[PubAck]:
-        """Store the messages in the next group's batch (see GROUPS_IN_FLIGHT)."""
+    async def _grouped(self, parts: tuple[list[OutMessage], ...]) -> list[PubAck]:
+        """Store the parts in the next group's batches (see GROUPS_IN_FLIGHT)."""
         future: asyncio.Future[list[PubAck]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((messages, future))
+        self._waiting.append((parts, sum(map(len, parts)), future))
         if self._grouping is None or self._grouping.done():
             self._grouping = asyncio.create_task(self._send_groups(), name="publish-groups")
         return await future
@@ -240,50 +246,54 @@ class Publisher:
     async def _send_groups(self) -> None:
         while self._waiting:
             await self._group_slots.acquire()
-            group: list[tuple[list[OutMessage], asyncio.Future[list[PubAck]]]] = []
+            group: list[_Request] = []
             size = 0
-            while self._waiting and size + len(self._waiting[0][0]) <= MAX_BATCH:
-                messages, future = self._waiting.popleft()
-                group.append((messages, future))
-                size += len(messages)
+            while self._waiting and size + self._waiting[0][1] <= MAX_BATCH:
+                request = self._waiting.popleft()
+                group.append(request)
+                size += request[1]
             task = asyncio.create_task(self._send_group(group))
             self._groups.add(task)
             task.add_done_callback(self._groups.discard)
 
-    async def _send_group(
-        self, group: list[tuple[list[OutMessage], asyncio.Future[list[PubAck]]]]
-    ) -> None:
-        """One atomic batch of the group's requests; each request's acks to its future. A batch
-        refused (a duplicate id of a client's retry, an election) sends each request's copies
-        one by one, as a request alone would."""
+    async def _send_group(self, group: list[_Request]) -> None:
+        """The group's batches, one per part, at once; each request's acks to its future."""
         try:
-            messages = [m for request, _ in group for m in request]
-            if len(messages) >= MIN_ATOMIC:
-                try:
-                    commit = await self._atomic(messages)
-                except (NatsError, TimeoutError, ConnectionError) as exc:
-                    log.debug("Atomic batch refused; publishing one by one.",
-                              extra={"error": _describe(exc)})  # fmt: skip
-                else:
-                    seq = commit.seq - len(messages) + 1
-                    for request, future in group:
-                        acks = [
-                            PubAck(stream=commit.stream, seq=seq + i) for i in range(len(request))
-                        ]
-                        seq += len(request)
-                        _settle(future, acks)
-                    return
-            results = await asyncio.gather(
-                *(self._one_by_one(request) for request, _ in group), return_exceptions=True
-            )
-            for (_, future), result in zip(group, results, strict=True):
-                _settle(future, result)
+            width = max(len(parts) for parts, _, _ in group)
+            stored = await asyncio.gather(*(self._send_part(group, k) for k in range(width)))
+            for i, (_, _, future) in enumerate(group):
+                _settle(future, _joined([part[i] for part in stored]))
         except BaseException as exc:
-            for _, future in group:
+            for _, _, future in group:
                 _settle(future, exc)
             raise
         finally:
             self._group_slots.release()
+
+    async def _send_part(self, group: list[_Request], k: int) -> list[list[PubAck] | BaseException]:
+        """Part `k` of each request of the group: one atomic batch, or, when it has too few
+        copies or is refused (a duplicate id of a client's retry, an election), each request's
+        copies one by one, as a request alone would."""
+        requests = [parts[k] if k < len(parts) else [] for parts, _, _ in group]
+        messages = [m for request in requests for m in request]
+        if len(messages) >= MIN_ATOMIC:
+            try:
+                commit = await self._atomic(messages)
+            except (NatsError, TimeoutError, ConnectionError) as exc:
+                log.debug("Atomic batch refused; publishing one by one.",
+                          extra={"error": _describe(exc)})  # fmt: skip
+            else:
+                seq = commit.seq - len(messages) + 1
+                acks: list[list[PubAck] | BaseException] = []
+                for request in requests:
+                    acks.append(
+                        [PubAck(stream=commit.stream, seq=seq + i) for i in range(len(request))]
+                    )
+                    seq += len(request)
+                return acks
+        return await asyncio.gather(
+            *(self._one_by_one(request) for request in requests), return_exceptions=True
+        )
 
     async def _atomic(self, messages: list[OutMessage]) -> PubAck:
         batch_id = uuid.uuid4().hex
@@ -313,8 +323,8 @@ class Publisher:
             failed, last_error = await self._attempt(messages, pending, acks)
             if failed and (time.monotonic() >= give_up or not self.alive()):
                 raise PublishError(
-                    f"{len(failed)} of {len(messages)} event copies were not stored in the "
-                    f"{STREAM} stream: {last_error}"
+                    f"{len(failed)} of {len(messages)} event copies were not stored in "
+                    f"JetStream: {last_error}"
                 )
             if failed and len(failed) < len(pending):
                 backoff.reset()  # progress: the server is back, retry the rest at once
@@ -346,6 +356,20 @@ class Publisher:
             else:
                 acks[i] = future.result()
         return sorted(failed), error
+
+
+def _joined(outcomes: list[list[PubAck] | BaseException]) -> list[PubAck] | BaseException:
+    """A request's acks, its parts' laid end to end, or the first part's error."""
+    acks: list[PubAck] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            return outcome
+        acks += outcome
+    return acks
+
+
+#: A request waiting for its group: its parts, their copies, and its future.
+_Request = tuple[tuple[list[OutMessage], ...], int, asyncio.Future[list[PubAck]]]
 
 
 def _settle(future: asyncio.Future[list[PubAck]], result: list[PubAck] | BaseException) -> None:
