@@ -276,6 +276,8 @@ class Publisher:
         copies one by one, as a request alone would."""
         requests = [parts[k] if k < len(parts) else [] for parts, _, _ in group]
         messages = [m for request in requests for m in request]
+        if not messages:  # no archive copy (archive: 0), or no pipeline takes the events
+            return [[] for _ in requests]
         if len(messages) >= MIN_ATOMIC:
             try:
                 commit = await self._atomic(messages)
