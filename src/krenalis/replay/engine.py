@@ -75,6 +75,7 @@ class Replay:
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.nc = nc
+        self.js = nc.jetstream()
         self.state = state
         self.pipeline = pipeline
         # None: a dry run, nothing published and nothing recorded.
@@ -93,8 +94,7 @@ class Replay:
         """Read, filter, publish until the end; the state as last recorded (`done`). What an
         earlier version archived in EVENTS is read first (it is older), then EVENTS_ARCHIVE."""
         state = self.state
-        js = self.nc.jetstream()
-        if state.stream != ARCHIVE_STREAM and not await legacy_copies(js, state.source):
+        if state.stream != ARCHIVE_STREAM and not await legacy_copies(self.js, state.source):
             self._next_part()
         while True:
             next_seq = await self._read_part()
@@ -114,7 +114,7 @@ class Replay:
         """Read the archive in `state.stream` to its end; the sequence to read on from."""
         state = self.state
         reader = ArchiveReader(
-            self.nc.jetstream(), state.source, stream=state.stream, since=_time(state.since),
+            self.js, state.source, stream=state.stream, since=_time(state.since),
             until=_time(state.until) if state.until is not None else None,
             start_seq=state.next_seq, end_seq=state.end_seq,
         )  # fmt: skip
